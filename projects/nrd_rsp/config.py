@@ -1,0 +1,92 @@
+"""Config keys of nrd_rsp.
+
+``add_nrd_rsp_config(cfg)`` adds every key the project reads on top of Detectron2's defaults
+and of ``detectron2.projects.deeplab`` (poly LR, DeepLab ResNet stem, ASPP keys). Call it right
+after ``get_cfg()`` and before ``merge_from_file``.
+"""
+from detectron2.config import CfgNode as CN
+from detectron2.projects.deeplab import add_deeplab_config
+
+__all__ = ["add_nrd_rsp_config"]
+
+
+def add_nrd_rsp_config(cfg):
+    """Add the project's config keys to ``cfg`` in place. Safe to call twice."""
+    if getattr(cfg, "_NRD_RSP_CONFIG_ADDED", False):
+        return
+    add_deeplab_config(cfg)  # INPUT.CROP.SINGLE_CATEGORY_MAX_AREA, SOLVER.POLY_LR_*, RESNETS.STEM_TYPE ...
+    _add_input_config(cfg)
+    _add_dataset_config(cfg)
+    _add_rsp_config(cfg)
+    _add_nrd_config(cfg)
+    _add_solver_and_test_config(cfg)
+    cfg._NRD_RSP_CONFIG_ADDED = True
+
+
+def _add_input_config(cfg):
+    # Semantic mapper (nrd_rsp.data.mappers.SemanticSegDatasetMapper).
+    # "sem_seg" | "panoptic_fpn" | "" (Detectron2's DatasetMapper).
+    cfg.INPUT.DATASET_MAPPER_NAME = ""
+    # Random resize: scale factor drawn uniformly from RESIZE_SCALE_RANGE, applied so that the
+    # image fits into RESIZE_BASE_SIZE (H, W) * scale (mmseg's "ratio_range" of a base size).
+    cfg.INPUT.RESIZE_SCALE_RANGE = (0.5, 2.0)
+    cfg.INPUT.RESIZE_BASE_SIZE = (1024, 2048)
+    # Photometric distortion (brightness, contrast, saturation jitter) at train time.
+    cfg.INPUT.COLOR_AUG = True
+    # Pad train images (with 0) and labels (with the ignore value) to a multiple of this; -1: off.
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+
+
+def _add_dataset_config(cfg):
+    # Built-in toy data (nrd_rsp.data.toy). Generated on first use under $DETECTRON2_DATASETS/toy.
+    cfg.DATASETS.TOY = CN()
+    cfg.DATASETS.TOY.NUM_TRAIN = 200
+    cfg.DATASETS.TOY.NUM_VAL = 40
+    cfg.DATASETS.TOY.IMAGE_SIZE = (128, 160)  # (H, W)
+    cfg.DATASETS.TOY.SEED = 0
+
+
+def _add_rsp_config(cfg):
+    """RSP head (Bai et al. 2021), see docs/RSP.md."""
+    cfg.MODEL.RSP = CN()
+    cfg.MODEL.RSP.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    cfg.MODEL.RSP.WINDOW_SIZE = 3  # k: the k x k region of the coarser map
+    cfg.MODEL.RSP.NUM_HEADS = 4  # G
+    cfg.MODEL.RSP.CHANNELS = 128  # query/key/value channels of the relation (all heads)
+    cfg.MODEL.RSP.NUM_STAGES = 3  # stacked RSPs: P5->P4, P4->P3, P3->P2
+    cfg.MODEL.RSP.NORM = "GN"
+    # Semantic branch of RSPSemSegHead: "p2" classifies from P2' alone; "sum" sums the levels
+    # upsampled to stride 4, Semantic-FPN style.
+    cfg.MODEL.RSP.SEM_SEG_FUSION = "sum"
+    # RSPPanopticFPN: which features the RPN and ROI heads see, "refined" or "fpn".
+    cfg.MODEL.RSP.INSTANCE_FEATURES = "refined"
+
+
+def _add_nrd_config(cfg):
+    """NRD head (Zhang et al. NeurIPS 2021), see docs/NRD.md."""
+    cfg.MODEL.NRD = CN()
+    cfg.MODEL.NRD.CONTROLLER_IN_FEATURE = "res5"
+    cfg.MODEL.NRD.GUIDANCE_IN_FEATURE = "res2"
+    cfg.MODEL.NRD.AUX_IN_FEATURE = "res4"  # "" disables the auxiliary FCN head
+    cfg.MODEL.NRD.ASPP_CHANNELS = 512
+    cfg.MODEL.NRD.ASPP_DILATIONS = [1, 3, 6, 9]
+    cfg.MODEL.NRD.CONTROLLER_CHANNELS = 512
+    cfg.MODEL.NRD.HIDDEN_CHANNELS = 16  # H
+    cfg.MODEL.NRD.GUIDANCE_CHANNELS = 16  # G
+    cfg.MODEL.NRD.GUIDANCE_PROJ_CHANNELS = 48
+    cfg.MODEL.NRD.PATCH_SIZE = 8  # r: each controller location decodes an r x r patch
+    cfg.MODEL.NRD.FOURIER_FEATURES = 0  # 0: off; else number of frequencies per coordinate
+    cfg.MODEL.NRD.NORM = "BN"
+    cfg.MODEL.NRD.AUX_CHANNELS = 256
+    cfg.MODEL.NRD.AUX_LOSS_WEIGHT = 0.4
+    cfg.MODEL.NRD.AUX_DROPOUT = 0.1
+
+
+def _add_solver_and_test_config(cfg):
+    # Stop with an error naming the iteration and the loss terms when a loss is not finite.
+    cfg.SOLVER.CHECK_FINITE_LOSS = True
+    # Visualise this many validation predictions as PNG after evaluation (0: off).
+    cfg.TEST.VIS_PERIOD_IMAGES = 0
+    # Semantic test-time augmentation (multi-scale + flip), read by train_net.py.
+    # Detectron2 already defines TEST.AUG.{ENABLED, MIN_SIZES, MAX_SIZE, FLIP}.
+    cfg.TEST.AUG.SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
