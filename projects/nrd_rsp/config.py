@@ -83,10 +83,7 @@ def _add_nrd_config(cfg):
 
 
 def _add_solver_and_test_config(cfg):
-    # Stop with an error naming the iteration and the loss terms when a loss is not finite.
-    cfg.SOLVER.CHECK_FINITE_LOSS = True
-    # Visualise this many validation predictions as PNG after evaluation (0: off).
-    cfg.TEST.VIS_PERIOD_IMAGES = 0
-    # Semantic test-time augmentation (multi-scale + flip), read by train_net.py.
-    # Detectron2 already defines TEST.AUG.{ENABLED, MIN_SIZES, MAX_SIZE, FLIP}.
-    cfg.TEST.AUG.SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    # After evaluation, draw this many predictions of the first test dataset as PNG (0: off).
+    cfg.TEST.NUM_VIS_IMAGES = 0
+    # Semantic test-time augmentation (multi-scale + flip) uses Detectron2's own
+    # TEST.AUG.{ENABLED, MIN_SIZES, MAX_SIZE, FLIP}; see nrd_rsp.modeling.test_time_augmentation.
