@@ -1,7 +1,9 @@
 """Training and evaluation glue: config set-up with start-up checks, the ``Trainer``, prediction
 visualisation. ``train_net.py`` and the tools are thin wrappers around this module."""
+import functools
 import logging
 import os
+import sys
 import weakref
 from collections import OrderedDict
 
@@ -28,17 +30,45 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from .config import add_nrd_rsp_config
 from .data import build_train_mapper
-from .data.datasets import check_dataset_available
-from .data.toy import configure_toy_datasets_from_cfg
+from .data.datasets import DatasetNotFoundError, check_dataset_available, configure_toy_datasets_from_cfg
 from .modeling.test_time_augmentation import SemanticSegmentorWithTTA
 
-__all__ = ["ConfigError", "setup_cfg", "validate_cfg", "Trainer", "visualize_predictions"]
+__all__ = [
+    "ConfigError",
+    "USER_ERRORS",
+    "exit_on_user_error",
+    "setup_cfg",
+    "validate_cfg",
+    "Trainer",
+    "evaluate",
+    "visualize_predictions",
+    "load_model_for_eval",
+]
 
 logger = logging.getLogger("nrd_rsp")
 
 
 class ConfigError(ValueError):
     """A config, a path in it, or a command-line override is wrong. The message says how to fix it."""
+
+
+# Errors caused by what the user passed: CLIs print them as one line and exit with status 2.
+USER_ERRORS = (ConfigError, DatasetNotFoundError)
+
+
+def exit_on_user_error(fn):
+    """Decorator for CLI entry points: a ``USER_ERRORS`` exception becomes ``ERROR: <message>`` on
+    stderr and exit status 2 instead of a stack trace."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as e:
+            print(f"ERROR: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
 
 
 def setup_cfg(config_file, opts=(), freeze=True):
@@ -214,7 +244,8 @@ def visualize_predictions(cfg, model, dataset_name=None, num_images=None, output
         model_in = rgb[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else rgb
         tensor = torch.as_tensor(np.ascontiguousarray(model_in.transpose(2, 0, 1)))
         out = model([{"image": tensor, "height": image.shape[0], "width": image.shape[1]}])[0]
-        vis = Visualizer(image, meta, instance_mode=ColorMode.IMAGE)
+        scale = max(1.0, 480.0 / max(image.shape[:2]))  # small images are drawn larger, for legible labels
+        vis = Visualizer(image, meta, scale=scale, instance_mode=ColorMode.IMAGE)
         if "panoptic_seg" in out:
             seg, segments = out["panoptic_seg"]
             drawn = vis.draw_panoptic_seg(seg.cpu(), segments)
@@ -222,7 +253,8 @@ def visualize_predictions(cfg, model, dataset_name=None, num_images=None, output
             drawn = vis.draw_instance_predictions(out["instances"].to("cpu"))
         else:
             drawn = vis.draw_sem_seg(out["sem_seg"].argmax(dim=0).cpu())
-        panel = np.concatenate([image, drawn.get_image()], axis=1)
+        drawn = drawn.get_image()
+        panel = np.concatenate([cv2.resize(image, drawn.shape[1::-1], interpolation=cv2.INTER_NEAREST), drawn], axis=1)
         path = os.path.join(output_dir, os.path.splitext(os.path.basename(d["file_name"]))[0] + "_pred.png")
         cv2.imwrite(path, panel[:, :, ::-1])
         paths.append(path)
