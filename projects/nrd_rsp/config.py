@@ -20,6 +20,7 @@ def add_nrd_rsp_config(cfg):
     _add_rsp_config(cfg)
     _add_nrd_config(cfg)
     _add_solver_and_test_config(cfg)
+    _add_reliability_config(cfg)
     cfg._NRD_RSP_CONFIG_ADDED = True
 
 
@@ -63,19 +64,28 @@ def _add_rsp_config(cfg):
 
 
 def _add_nrd_config(cfg):
-    """NRD head (Zhang et al. NeurIPS 2021), see docs/NRD.md."""
+    """NRD head (Zhang et al. NeurIPS 2021), see docs/NRD.md.
+
+    Class count, ignore label and main loss weight come from MODEL.SEM_SEG_HEAD.{NUM_CLASSES,
+    IGNORE_VALUE, LOSS_WEIGHT}. Dynamic parameters per controller location:
+    P = Cin*H + H + H*H + H + H*K + K with Cin = 2 + 4 * FOURIER_FEATURES + G
+    (899 for K = 19 with the defaults).
+    """
     cfg.MODEL.NRD = CN()
-    cfg.MODEL.NRD.CONTROLLER_IN_FEATURE = "res5"
-    cfg.MODEL.NRD.GUIDANCE_IN_FEATURE = "res2"
+    cfg.MODEL.NRD.CONTROLLER_IN_FEATURE = "res5"  # coarsest feature (res5 / p5): light ASPP input
+    cfg.MODEL.NRD.GUIDANCE_IN_FEATURE = "res2"  # finest feature (res2 / p2): guidance branch
     cfg.MODEL.NRD.AUX_IN_FEATURE = "res4"  # "" disables the auxiliary FCN head
     cfg.MODEL.NRD.ASPP_CHANNELS = 512
+    # Dilation 1 is a 1x1 branch, others depthwise-separable 3x3; plus image pooling.
     cfg.MODEL.NRD.ASPP_DILATIONS = [1, 3, 6, 9]
     cfg.MODEL.NRD.CONTROLLER_CHANNELS = 512
     cfg.MODEL.NRD.HIDDEN_CHANNELS = 16  # H
     cfg.MODEL.NRD.GUIDANCE_CHANNELS = 16  # G
     cfg.MODEL.NRD.GUIDANCE_PROJ_CHANNELS = 48
-    cfg.MODEL.NRD.PATCH_SIZE = 8  # r: each controller location decodes an r x r patch
+    # r: each controller location decodes an r x r patch; output stride = controller stride / r.
+    cfg.MODEL.NRD.PATCH_SIZE = 8
     cfg.MODEL.NRD.FOURIER_FEATURES = 0  # 0: off; else number of frequencies per coordinate
+    # Norm of every NRD conv and of the MLP input; GN (32 groups) cannot split 48 or 2 + G = 18.
     cfg.MODEL.NRD.NORM = "BN"
     cfg.MODEL.NRD.AUX_CHANNELS = 256
     cfg.MODEL.NRD.AUX_LOSS_WEIGHT = 0.4
@@ -87,3 +97,18 @@ def _add_solver_and_test_config(cfg):
     cfg.TEST.NUM_VIS_IMAGES = 0
     # Semantic test-time augmentation (multi-scale + flip) uses Detectron2's own
     # TEST.AUG.{ENABLED, MIN_SIZES, MAX_SIZE, FLIP}; see nrd_rsp.modeling.test_time_augmentation.
+
+
+def _add_reliability_config(cfg):
+    """Fault tolerance (nrd_rsp.data.robust, nrd_rsp.checkpoint, nrd_rsp.engine); README "Reliability"."""
+    # Unreadable/corrupt training samples are skipped with a warning; training stops once more
+    # than this fraction of the samples loaded so far were skipped ...
+    cfg.DATALOADER.MAX_SKIPPED_FRACTION = 0.05
+    # ... counted only after this many samples (per process), so one early bad file is tolerated.
+    cfg.DATALOADER.SKIP_CHECK_MIN_SAMPLES = 100
+    # The training sample stream is a pure function of (SEED, sample position): an exact resume
+    # and identical batches for any NUM_WORKERS. Disables ASPECT_RATIO_GROUPING (worker-timing
+    # dependent). False: aspect-ratio grouping as configured, resume only approximately exact.
+    cfg.DATALOADER.DETERMINISTIC = True
+    # Stop training (all ranks) before the optimizer step when a loss term is NaN/inf.
+    cfg.SOLVER.CHECK_FINITE_LOSS = True

@@ -1,0 +1,490 @@
+"""NRD: Dynamic Neural Representational Decoders (Zhang, Liu, Tian, Shen, NeurIPS 2021).
+
+Every location of the coarsest encoder map (stride ``s``, e.g. res5 at stride 32) predicts the
+parameters of its own compact MLP (paper Sec. 3). That MLP decodes the ``r x r`` patch of
+labels under the location from the relative coordinates inside the patch and
+low-level "guidance" features, so the whole image is decoded at stride ``s / r`` by a few
+thousand tiny networks. See docs/NRD.md for shapes, the parameter layout and measured FLOPs.
+
+Modules:
+
+* :class:`LightASPP`: context module on the encoder output (1x1 branch, depthwise-separable
+  dilated branches, image pooling, 3x3 fusion).
+* :class:`DynamicMLP`: applies per-location MLPs to their patches with batched matmuls.
+* :class:`NRDHead`: the semantic head (``SEM_SEG_HEADS_REGISTRY``): light ASPP -> controller ->
+  dynamic parameters; guidance branch; dynamic decoding; auxiliary FCN head for training.
+"""
+import math
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import fvcore.nn.weight_init as weight_init
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, DepthwiseSeparableConv2d, ShapeSpec, get_norm
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+
+__all__ = [
+    "NRDHead",
+    "LightASPP",
+    "DynamicMLP",
+    "dynamic_param_layout",
+    "num_dynamic_params",
+    "relative_coordinates",
+]
+
+
+def dynamic_param_layout(channels: Sequence[int]) -> List[Tuple[str, Tuple[int, ...]]]:
+    """Layout of the ``P`` controller channels that parameterise one dynamic MLP.
+
+    Args:
+        channels: widths of the MLP, ``[C_in, H, ..., K]`` (NRD default ``[2 + G, H, H, K]``).
+
+    Returns:
+        ``[("weight0", (C_1, C_0)), ("bias0", (C_1,)), ("weight1", (C_2, C_1)), ...]`` in channel
+        order: layer ``l`` takes ``C_l * C_{l-1}`` channels for its weight stored
+        out-major (``weight[o, i]`` is channel ``offset + o * C_in_l + i``), then ``C_l`` bias
+        channels. This is the split order of the authors' code.
+    """
+    if len(channels) < 2:
+        raise ValueError(f"A dynamic MLP needs at least input and output widths, got {channels}.")
+    layout = []
+    for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
+        layout.append((f"weight{i}", (c_out, c_in)))
+        layout.append((f"bias{i}", (c_out,)))
+    return layout
+
+
+def num_dynamic_params(channels: Sequence[int]) -> int:
+    """``P = sum_l C_l * C_{l-1} + C_l``: 899 for ``[18, 16, 16, 19]``, 3126 for K = 150."""
+    return sum(math.prod(shape) for _, shape in dynamic_param_layout(channels))
+
+
+def relative_coordinates(patch_size: int, num_frequencies: int = 0) -> torch.Tensor:
+    """Relative coordinates of the pixels inside an ``r x r`` patch (paper Sec. 3).
+
+    Returns:
+        Tensor[2 + 4F, r, r]: channel 0 is ``x = j / r`` and channel 1 is ``y = i / r`` for the
+        pixel in row ``i``, column ``j`` (values ``0, 1/r, ..., (r-1)/r``). With ``F > 0``
+        Fourier frequencies, ``sin(2^k pi x), cos(2^k pi x), sin(2^k pi y), cos(2^k pi y)`` for
+        ``k = 0 .. F-1`` follow.
+    """
+    r = patch_size
+    steps = torch.arange(r, dtype=torch.float32) / r
+    y, x = torch.meshgrid(steps, steps, indexing="ij")
+    coords = [x, y]
+    for k in range(num_frequencies):
+        for c in (x, y):
+            coords.append(torch.sin((2.0**k) * math.pi * c))
+            coords.append(torch.cos((2.0**k) * math.pi * c))
+    return torch.stack(coords, dim=0)
+
+
+class LightASPP(nn.Module):
+    """The light ASPP context module of NRD on the encoder output.
+
+    Branches: a 1x1 conv for dilation 1, a depthwise-separable 3x3 conv (depthwise + norm + ReLU,
+    pointwise + norm + ReLU) for every other dilation, and image pooling (global average pooling,
+    1x1 conv + ReLU, broadcast back; no norm on the 1x1 map, as in Detectron2's ASPP). The
+    concatenation goes through a 3x3 conv + norm + ReLU.
+
+    Unlike :class:`detectron2.layers.ASPP` (exactly three dilations after a fixed 1x1 branch,
+    1x1 output projection), the number of dilations is free and the fusion is 3x3.
+
+    Shapes: ``[N, C_in, h, w] -> [N, C_out, h, w]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        dilations: Sequence[int],
+        *,
+        norm: Union[str, Callable],
+    ):
+        super().__init__()
+        if not dilations:
+            raise ValueError("LightASPP needs at least one dilation.")
+        use_bias = norm == ""
+        self.branches = nn.ModuleList()
+        for d in dilations:
+            if d == 1:
+                conv = Conv2d(
+                    in_channels,
+                    out_channels,
+                    kernel_size=1,
+                    bias=use_bias,
+                    norm=get_norm(norm, out_channels),
+                    activation=F.relu,
+                )
+                weight_init.c2_xavier_fill(conv)
+            else:
+                conv = DepthwiseSeparableConv2d(
+                    in_channels,
+                    out_channels,
+                    kernel_size=3,
+                    padding=d,
+                    dilation=d,
+                    norm1=norm,
+                    activation1=F.relu,
+                    norm2=norm,
+                    activation2=F.relu,
+                )
+            self.branches.append(conv)
+        self.pool_conv = Conv2d(
+            in_channels, out_channels, kernel_size=1, bias=True, activation=F.relu
+        )
+        weight_init.c2_xavier_fill(self.pool_conv)
+        self.project = Conv2d(
+            (len(dilations) + 1) * out_channels,
+            out_channels,
+            kernel_size=3,
+            padding=1,
+            bias=use_bias,
+            norm=get_norm(norm, out_channels),
+            activation=F.relu,
+        )
+        weight_init.c2_xavier_fill(self.project)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        pooled = self.pool_conv(F.adaptive_avg_pool2d(x, 1))
+        outs = [branch(x) for branch in self.branches]
+        outs.append(pooled.expand(-1, -1, h, w))
+        return self.project(torch.cat(outs, dim=1))
+
+
+class DynamicMLP(nn.Module):
+    """Per-location MLPs applied to their own patches (paper Sec. 3).
+
+    Location ``(n, i, j)`` owns the MLP whose weights are ``params[n, :, i, j]`` (layout:
+    :func:`dynamic_param_layout`); it maps each of its ``r^2`` pixel inputs through
+    ``Linear -> ReLU -> ... -> Linear`` (no activation after the last layer). Implemented as
+    batched matmuls ``[N, h, w, r^2, C_l] @ [N, h, w, C_l, C_{l+1}]``: no weight tensor is ever
+    expanded to the output grid. Cost: ``N h w r^2 sum_l C_l C_{l+1}`` multiply-adds.
+
+    Shapes: ``inputs [N, h, w, r^2, C_0]``, ``params [N, P, h, w]`` -> ``[N, h, w, r^2, C_L]``.
+    """
+
+    def __init__(self, channels: Sequence[int]):
+        super().__init__()
+        self.channels = list(channels)
+        self.layout = dynamic_param_layout(self.channels)
+        self.num_params = num_dynamic_params(self.channels)
+
+    def split_params(self, params: torch.Tensor) -> List[torch.Tensor]:
+        """Split ``[N, P, h, w]`` into, per layer, ``weight [N, h, w, C_out, C_in]`` and
+        ``bias [N, h, w, C_out]`` (at controller resolution, never expanded to the output grid)."""
+        if params.shape[1] != self.num_params:
+            raise ValueError(
+                f"Expected {self.num_params} dynamic parameters, got {params.shape[1]}."
+            )
+        n, _, h, w = params.shape
+        params = params.permute(0, 2, 3, 1)
+        sizes = [math.prod(shape) for _, shape in self.layout]
+        chunks = torch.split(params, sizes, dim=-1)
+        return [c.reshape(n, h, w, *shape) for c, (_, shape) in zip(chunks, self.layout)]
+
+    def forward(self, inputs: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        tensors = self.split_params(params)
+        x = inputs
+        num_layers = len(self.channels) - 1
+        for l in range(num_layers):
+            weight, bias = tensors[2 * l], tensors[2 * l + 1]
+            x = torch.matmul(x, weight.transpose(-1, -2)) + bias.unsqueeze(-2)
+            if l < num_layers - 1:
+                x = F.relu(x)
+        return x
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class NRDHead(nn.Module):
+    """Semantic head of NRD (Zhang et al., NeurIPS 2021).
+
+    Pipeline for a controller map of stride ``s`` and size ``h x w`` (res5: ``s = 32``):
+
+    1. context: :class:`LightASPP` on the controller feature, ``[N, C5, h, w] -> [N, A, h, w]``;
+    2. controller: 3x3 conv + norm + ReLU, 1x1 conv -> ``[N, P, h, w]`` dynamic
+       parameters, ``P = (2+G)H + H + H*H + H + H*K + K`` with the default MLP
+       ``(2+G) -> H -> H -> K``;
+    3. guidance: guidance feature (res2, stride 4) -> 3x3 conv + norm + ReLU ->
+       1x1 conv -> ``[N, G, ., .]``, bilinearly resized to the output stride ``s / r`` when that
+       differs from the guidance stride, and zero-padded bottom/right to ``h r x w r``;
+    4. MLP input: relative coordinates (:func:`relative_coordinates`, tiled over the patches)
+       concatenated with the guidance, normalised (``norm``): ``[N, 2+G, h r, w r]``;
+    5. dynamic decoding: :class:`DynamicMLP`, each location decodes its ``r x r`` patch ->
+       logits ``[N, K, h r, w r]`` at stride ``s / r`` (4 for ``r = 8``);
+    6. logits bilinearly resized to the padded input size ``[N, K, h s, w s]``.
+
+    Training adds cross-entropy at input resolution (``loss_sem_seg``, times ``loss_weight``)
+    and, if ``aux_in_feature`` is set, an FCN head on that feature (3x3 conv + norm + ReLU,
+    dropout, 1x1 classifier) with cross-entropy times ``aux_loss_weight``
+    (``loss_sem_seg_aux``). The auxiliary head never runs in eval mode.
+
+    ``forward(features, targets)`` follows :class:`detectron2.modeling.SemSegFPNHead`:
+    training returns ``(None, losses)``, inference ``(logits [N, K, h s, w s], {})``. Targets
+    ``[N, H, W]`` may be smaller than ``h s x w s`` (inputs not padded to a multiple of ``s``):
+    the logits are then cropped at the bottom/right, the way ``sem_seg_postprocess`` crops them.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        num_classes: int,
+        controller_in_feature: str = "res5",
+        guidance_in_feature: str = "res2",
+        aux_in_feature: str = "res4",
+        aspp_channels: int = 512,
+        aspp_dilations: Sequence[int] = (1, 3, 6, 9),
+        controller_channels: int = 512,
+        hidden_channels: int = 16,
+        guidance_channels: int = 16,
+        guidance_proj_channels: int = 48,
+        patch_size: int = 8,
+        fourier_features: int = 0,
+        norm: Union[str, Callable] = "BN",
+        aux_channels: int = 256,
+        aux_loss_weight: float = 0.4,
+        aux_dropout: float = 0.1,
+        loss_weight: float = 1.0,
+        ignore_value: int = -1,
+    ):
+        """
+        Args:
+            input_shape: shapes of the available features (at least the controller and guidance
+                features, and the auxiliary one if used).
+            num_classes: K, the MLP output width.
+            controller_in_feature: coarsest feature (res5 / p5), input of the light ASPP.
+            guidance_in_feature: fine feature (res2 / p2) for the guidance branch.
+            aux_in_feature: feature of the auxiliary FCN head (res4); "" disables it.
+            aspp_channels, aspp_dilations: light ASPP width and dilations (1 means a 1x1 branch).
+            controller_channels: width of the controller's 3x3 conv.
+            hidden_channels: H, width of the two hidden MLP layers.
+            guidance_channels: G, guidance channels fed to the MLP.
+            guidance_proj_channels: width of the guidance branch's 3x3 conv.
+            patch_size: r; each controller location decodes an r x r patch (output stride s/r).
+            fourier_features: F; if > 0, add F sin/cos frequencies per coordinate to the MLP input.
+            norm: normalisation of every conv and of the MLP input (see ``get_norm``).
+            aux_channels, aux_loss_weight, aux_dropout: auxiliary FCN head.
+            loss_weight: weight of the main cross-entropy.
+            ignore_value: label ignored by the losses.
+        """
+        super().__init__()
+        needed = [controller_in_feature, guidance_in_feature]
+        needed += [aux_in_feature] if aux_in_feature else []
+        for name in needed:
+            if name not in input_shape:
+                raise KeyError(
+                    f"NRDHead needs feature '{name}', the backbone gives {sorted(input_shape)}."
+                )
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be positive, got {patch_size}.")
+        ctrl_shape = input_shape[controller_in_feature]
+        guide_shape = input_shape[guidance_in_feature]
+        if ctrl_shape.stride % patch_size:
+            raise ValueError(
+                f"The controller stride {ctrl_shape.stride} is not divisible by patch_size "
+                f"{patch_size}: the patches would not tile an integer-stride grid."
+            )
+        self.controller_in_feature = controller_in_feature
+        self.guidance_in_feature = guidance_in_feature
+        self.aux_in_feature = aux_in_feature
+        self.controller_stride = ctrl_shape.stride
+        self.guidance_stride = guide_shape.stride
+        self.patch_size = patch_size
+        self.output_stride = ctrl_shape.stride // patch_size
+        self.num_classes = num_classes
+        self.loss_weight = loss_weight
+        self.aux_loss_weight = aux_loss_weight
+        self.ignore_value = ignore_value
+        use_bias = norm == ""
+
+        # 1-2: context and controller
+        self.aspp = LightASPP(ctrl_shape.channels, aspp_channels, aspp_dilations, norm=norm)
+        coords = relative_coordinates(patch_size, fourier_features)
+        self.register_buffer("coords", coords, persistent=False)  # [C_coord, r, r]
+        mlp_in = coords.shape[0] + guidance_channels
+        self.mlp = DynamicMLP([mlp_in, hidden_channels, hidden_channels, num_classes])
+        ctrl_conv = Conv2d(
+            aspp_channels,
+            controller_channels,
+            kernel_size=3,
+            padding=1,
+            bias=use_bias,
+            norm=get_norm(norm, controller_channels),
+            activation=F.relu,
+        )
+        weight_init.c2_xavier_fill(ctrl_conv)
+        ctrl_out = Conv2d(controller_channels, self.mlp.num_params, kernel_size=1)
+        # Xavier-normal scaled by 1/P keeps the initial dynamic weights small (authors' init).
+        nn.init.xavier_normal_(ctrl_out.weight)
+        with torch.no_grad():
+            ctrl_out.weight.div_(self.mlp.num_params)
+        nn.init.constant_(ctrl_out.bias, 0)
+        self.controller = nn.Sequential(ctrl_conv, ctrl_out)
+
+        # 3-4: guidance and MLP input normalisation
+        guide_conv = Conv2d(
+            guide_shape.channels,
+            guidance_proj_channels,
+            kernel_size=3,
+            padding=1,
+            bias=use_bias,
+            norm=get_norm(norm, guidance_proj_channels),
+            activation=F.relu,
+        )
+        weight_init.c2_xavier_fill(guide_conv)
+        guide_out = Conv2d(guidance_proj_channels, guidance_channels, kernel_size=1)
+        nn.init.xavier_normal_(guide_out.weight)
+        nn.init.constant_(guide_out.bias, 0)
+        self.guidance = nn.Sequential(guide_conv, guide_out)
+        self.input_norm = get_norm(norm, mlp_in)
+
+        # auxiliary FCN head (training only)
+        if aux_in_feature:
+            aux_conv = Conv2d(
+                input_shape[aux_in_feature].channels,
+                aux_channels,
+                kernel_size=3,
+                padding=1,
+                bias=use_bias,
+                norm=get_norm(norm, aux_channels),
+                activation=F.relu,
+            )
+            weight_init.c2_msra_fill(aux_conv)
+            aux_cls = Conv2d(aux_channels, num_classes, kernel_size=1)
+            nn.init.normal_(aux_cls.weight, std=0.01)
+            nn.init.constant_(aux_cls.bias, 0)
+            self.aux_head = nn.Sequential(aux_conv, nn.Dropout2d(aux_dropout), aux_cls)
+        else:
+            self.aux_head = None
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        nrd = cfg.MODEL.NRD
+        return {
+            "input_shape": input_shape,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "controller_in_feature": nrd.CONTROLLER_IN_FEATURE,
+            "guidance_in_feature": nrd.GUIDANCE_IN_FEATURE,
+            "aux_in_feature": nrd.AUX_IN_FEATURE,
+            "aspp_channels": nrd.ASPP_CHANNELS,
+            "aspp_dilations": list(nrd.ASPP_DILATIONS),
+            "controller_channels": nrd.CONTROLLER_CHANNELS,
+            "hidden_channels": nrd.HIDDEN_CHANNELS,
+            "guidance_channels": nrd.GUIDANCE_CHANNELS,
+            "guidance_proj_channels": nrd.GUIDANCE_PROJ_CHANNELS,
+            "patch_size": nrd.PATCH_SIZE,
+            "fourier_features": nrd.FOURIER_FEATURES,
+            "norm": nrd.NORM,
+            "aux_channels": nrd.AUX_CHANNELS,
+            "aux_loss_weight": nrd.AUX_LOSS_WEIGHT,
+            "aux_dropout": nrd.AUX_DROPOUT,
+            "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        }
+
+    def forward(self, features: Dict[str, torch.Tensor], targets: Optional[torch.Tensor] = None):
+        """
+        Args:
+            features: backbone features by name.
+            targets: ``[N, H, W]`` int64 labels (training), ``H <= h s``, ``W <= w s``.
+
+        Returns:
+            training: ``(None, {"loss_sem_seg", ["loss_sem_seg_aux"]})``;
+            inference: ``(logits [N, K, h s, w s], {})``.
+        """
+        logits = self.layers(features)
+        h, w = features[self.controller_in_feature].shape[-2:]
+        padded_size = (h * self.controller_stride, w * self.controller_stride)
+        if self.training:
+            if targets is None:
+                raise ValueError("NRDHead needs targets in training mode.")
+            aux_logits = None
+            if self.aux_head is not None:
+                aux_logits = self.aux_head(features[self.aux_in_feature])
+            return None, self.losses(logits, aux_logits, targets, padded_size)
+        return self._resize(logits, padded_size), {}
+
+    def dynamic_params(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Steps 1-2: ``[N, P, h, w]`` MLP parameters, one set per controller location."""
+        return self.controller(self.aspp(features[self.controller_in_feature]))
+
+    def mlp_inputs(
+        self, features: Dict[str, torch.Tensor], grid_size: Tuple[int, int]
+    ) -> torch.Tensor:
+        """Steps 3-4 before normalisation: ``[N, C_coord + G, h r, w r]`` (coordinates first).
+
+        Args:
+            grid_size: ``(h, w)`` of the controller map.
+        """
+        h, w = grid_size
+        r = self.patch_size
+        guide = self.guidance(features[self.guidance_in_feature])
+        if self.guidance_stride != self.output_stride:
+            guide = F.interpolate(
+                guide,
+                scale_factor=self.guidance_stride / self.output_stride,
+                mode="bilinear",
+                align_corners=False,
+            )
+        pad_h, pad_w = h * r - guide.shape[-2], w * r - guide.shape[-1]
+        if pad_h or pad_w:
+            # Inputs not padded to a multiple of the controller stride: the guidance map covers
+            # the image only; the patch grid extends beyond it at the bottom/right.
+            guide = F.pad(guide, [0, pad_w, 0, pad_h])
+        n = guide.shape[0]
+        c = self.coords.shape[0]
+        coords = self.coords.to(guide.dtype)[None, :, None, :, None, :].expand(n, c, h, r, w, r)
+        coords = coords.reshape(n, c, h * r, w * r)
+        return torch.cat([coords, guide], dim=1)
+
+    def decode(self, inputs: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Step 5: ``inputs [N, C_in, h r, w r]``, ``params [N, P, h, w]`` -> ``[N, K, h r, w r]``.
+
+        Pixel ``(i r + a, j r + b)`` is decoded by the MLP of location ``(i, j)``.
+        """
+        n, c, hr, wr = inputs.shape
+        h, w = params.shape[-2:]
+        r = self.patch_size
+        assert hr == h * r and wr == w * r, (inputs.shape, params.shape, r)
+        patches = inputs.reshape(n, c, h, r, w, r).permute(0, 2, 4, 3, 5, 1)
+        patches = patches.reshape(n, h, w, r * r, c)
+        out = self.mlp(patches, params)  # [N, h, w, r*r, K]
+        k = out.shape[-1]
+        out = out.reshape(n, h, w, r, r, k).permute(0, 5, 1, 3, 2, 4)
+        return out.reshape(n, k, hr, wr)
+
+    def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Steps 1-5: logits ``[N, K, h r, w r]`` at stride ``s / r``."""
+        params = self.dynamic_params(features)
+        inputs = self.input_norm(self.mlp_inputs(features, params.shape[-2:]))
+        return self.decode(inputs, params)
+
+    @staticmethod
+    def _resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    def _loss(self, logits, targets, padded_size):
+        logits = self._resize(logits.float(), padded_size)
+        th, tw = targets.shape[-2:]
+        if th > padded_size[0] or tw > padded_size[1]:
+            raise ValueError(
+                f"Targets of size {(th, tw)} are larger than the decoded size {padded_size}."
+            )
+        logits = logits[..., :th, :tw]
+        return F.cross_entropy(logits, targets, reduction="mean", ignore_index=self.ignore_value)
+
+    def losses(self, logits, aux_logits, targets, padded_size):
+        losses = {"loss_sem_seg": self._loss(logits, targets, padded_size) * self.loss_weight}
+        if aux_logits is not None:
+            losses["loss_sem_seg_aux"] = (
+                self._loss(aux_logits, targets, padded_size) * self.aux_loss_weight
+            )
+        return losses

@@ -1,0 +1,398 @@
+"""NRD head (docs/NRD.md): parameter count and layout, dynamic decoding against a per-patch loop,
+shapes, training, auxiliary head, Panoptic FPN integration. FLOPs: test_nrd_flops.py."""
+import math
+import os
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY, PanopticFPN, build_model
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.analysis import FlopCountAnalysis
+from detectron2.utils.events import EventStorage
+
+from nrd_rsp import add_nrd_rsp_config
+from nrd_rsp.modeling.nrd import (
+    NRDHead,
+    dynamic_param_layout,
+    num_dynamic_params,
+    relative_coordinates,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY_CFG = os.path.join(ROOT, "configs/Toy/nrd_R_18_toy.yaml")
+TOY_PAN_CFG = os.path.join(ROOT, "configs/Toy/nrd_rsp_panoptic_fpn_R_18_toy.yaml")
+TOY_PAN_BASE_CFG = os.path.join(ROOT, "configs/Toy/Base-Toy-Panoptic-FPN.yaml")
+CITYSCAPES_CFG = os.path.join(
+    ROOT, "configs/Cityscapes-SemanticSegmentation/nrd_R_50_80k_bs16.yaml"
+)
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    torch.manual_seed(0)
+
+
+def load_cfg(path=None, *opts):
+    cfg = get_cfg()
+    add_nrd_rsp_config(cfg)
+    if path:
+        cfg.merge_from_file(path)
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
+    return cfg
+
+
+# Small backbone-like shapes: stride 4 / 16 / 32 as res2 / res4 / res5.
+SHAPES = {
+    "res2": ShapeSpec(channels=16, stride=4),
+    "res4": ShapeSpec(channels=24, stride=16),
+    "res5": ShapeSpec(channels=32, stride=32),
+}
+
+
+def small_head(num_classes=5, **kwargs):
+    args = dict(
+        num_classes=num_classes, aspp_channels=16, controller_channels=16, aux_channels=8,
+        guidance_proj_channels=8, ignore_value=255,
+    )
+    args.update(kwargs)
+    return NRDHead(SHAPES, **args)
+
+
+def features_for(height, width, n=2):
+    """Random features with the sizes a stride-2-conv ResNet gives for an H x W input."""
+    return {
+        name: torch.randn(n, s.channels, math.ceil(height / s.stride), math.ceil(width / s.stride))
+        for name, s in SHAPES.items()
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Dynamic parameters
+
+
+@pytest.mark.parametrize("num_classes, expected", [(19, 899), (150, 3126), (59, 1579)])
+def test_controller_outputs_exactly_p_channels(num_classes, expected):
+    # P = (2+G)H + H + HH + H + HK + K with the default H = G = 16.
+    assert (2 + 16) * 16 + 16 + 16 * 16 + 16 + 16 * num_classes + num_classes == expected
+    cfg = load_cfg(None, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", num_classes)
+    assert cfg.MODEL.NRD.HIDDEN_CHANNELS == 16 and cfg.MODEL.NRD.GUIDANCE_CHANNELS == 16
+    head = SEM_SEG_HEADS_REGISTRY.get("NRDHead")(cfg, SHAPES)
+    assert num_dynamic_params([18, 16, 16, num_classes]) == expected
+    assert head.controller[-1].out_channels == expected
+    head.eval()
+    with torch.no_grad():
+        params = head.dynamic_params(features_for(64, 96, n=1))
+    assert params.shape == (1, expected, 2, 3)
+
+
+def test_param_layout_and_controller_init():
+    layout = dynamic_param_layout([18, 16, 16, 19])
+    assert layout == [
+        ("weight0", (16, 18)), ("bias0", (16,)), ("weight1", (16, 16)), ("bias1", (16,)),
+        ("weight2", (19, 16)), ("bias2", (19,)),
+    ]
+    head = small_head(num_classes=19)
+    last = head.controller[-1]
+    assert torch.count_nonzero(last.bias) == 0
+    # Xavier-normal scaled by 1/P: std = sqrt(2 / (fan_in + fan_out)) / P.
+    expected_std = math.sqrt(2.0 / (16 + 899)) / 899
+    assert last.weight.std().item() == pytest.approx(expected_std, rel=0.05)
+
+
+def test_fourier_features_widen_the_mlp_input():
+    coords = relative_coordinates(4, num_frequencies=2)
+    assert coords.shape == (2 + 4 * 2, 4, 4)
+    x, y = coords[0], coords[1]
+    torch.testing.assert_close(coords[2], torch.sin(math.pi * x))
+    torch.testing.assert_close(coords[5], torch.cos(math.pi * y))
+    torch.testing.assert_close(coords[9], torch.cos(2 * math.pi * y))
+    head = small_head(num_classes=19, fourier_features=2)
+    c_in = 2 + 8 + 16
+    assert head.controller[-1].out_channels == c_in * 16 + 16 + 16 * 16 + 16 + 16 * 19 + 19 == 1027
+    head.eval()
+    with torch.no_grad():
+        out, _ = head(features_for(64, 64))
+    assert out.shape == (2, 19, 64, 64)
+
+
+# --------------------------------------------------------------------------------------------
+# Dynamic decoding vs. an explicit per-patch loop
+
+
+def naive_patch_mlp(params_ij, pixels, c_in, hidden, k):
+    """MLP of one location; ``params_ij`` [P] in the documented layout, ``pixels`` [M, c_in]."""
+    offset = 0
+
+    def take(n):
+        nonlocal offset
+        out = params_ij[offset:offset + n]
+        offset += n
+        return out
+
+    w0 = take(hidden * c_in).reshape(hidden, c_in)
+    b0 = take(hidden)
+    w1 = take(hidden * hidden).reshape(hidden, hidden)
+    b1 = take(hidden)
+    w2 = take(k * hidden).reshape(k, hidden)
+    b2 = take(k)
+    assert offset == params_ij.numel()
+    x = torch.relu(pixels @ w0.T + b0)
+    x = torch.relu(x @ w1.T + b1)
+    return x @ w2.T + b2
+
+
+@pytest.mark.parametrize("r, h, w", [(8, 2, 3), (4, 3, 2), (2, 1, 1)])
+def test_batched_decoder_matches_per_patch_loop(r, h, w):
+    k, hidden, g = 5, 16, 16
+    head = small_head(num_classes=k, patch_size=r).eval()
+    n, c_in = 2, 2 + g
+    inputs = torch.randn(n, c_in, h * r, w * r, dtype=torch.float64)
+    params = torch.randn(n, head.mlp.num_params, h, w, dtype=torch.float64) * 0.3
+    out = head.decode(inputs, params)
+    assert out.shape == (n, k, h * r, w * r)
+    for b in range(n):
+        for i in range(h):
+            for j in range(w):
+                patch = inputs[b, :, i * r:(i + 1) * r, j * r:(j + 1) * r]  # [C, r, r]
+                pixels = patch.reshape(c_in, r * r).T
+                expected = naive_patch_mlp(params[b, :, i, j], pixels, c_in, hidden, k)
+                got = out[b, :, i * r:(i + 1) * r, j * r:(j + 1) * r].reshape(k, r * r).T
+                torch.testing.assert_close(got, expected)
+    # Different locations really use different weights: swapping two locations' parameters
+    # changes only their patches.
+    swapped = params.clone()
+    swapped[:, :, 0, 0] = params[:, :, h - 1, w - 1]
+    out2 = head.decode(inputs, swapped)
+    if (h, w) != (1, 1):
+        assert not torch.allclose(out2[..., :r, :r], out[..., :r, :r])
+    torch.testing.assert_close(out2[..., r:, :], out[..., r:, :])
+
+
+def test_mlp_inputs_tile_relative_coordinates_and_guidance():
+    r = 8
+    head = small_head(patch_size=r).eval()
+    feats = features_for(64, 96)
+    with torch.no_grad():
+        inputs = head.mlp_inputs(feats, (2, 3))
+        guide = head.guidance(feats["res2"])
+    assert inputs.shape == (2, 2 + 16, 16, 24)
+    rows = torch.arange(16).remainder(r).float() / r
+    cols = torch.arange(24).remainder(r).float() / r
+    torch.testing.assert_close(inputs[:, 0], cols.expand(2, 16, 24))  # x
+    torch.testing.assert_close(inputs[:, 1], rows[:, None].expand(2, 16, 24))  # y
+    torch.testing.assert_close(inputs[:, 2:], guide)
+    # The full head is decode(norm(inputs), controller params).
+    with torch.no_grad():
+        expected = head.decode(head.input_norm(inputs), head.dynamic_params(feats))
+        torch.testing.assert_close(head.layers(feats), expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes
+
+
+@pytest.mark.parametrize("r", [8, 16, 32])
+def test_output_sizes_for_patch_sizes(r):
+    head = small_head(patch_size=r).eval()
+    feats = features_for(100, 130)  # not divisible by 32: res5 is 4 x 5, res2 25 x 33
+    with torch.no_grad():
+        low = head.layers(feats)
+        out, extra = head(feats)
+    assert head.output_stride == 32 // r
+    assert low.shape == (2, 5, 4 * r, 5 * r)
+    assert out.shape == (2, 5, 128, 160) and extra == {}
+    head.train()
+    targets = torch.randint(0, 5, (2, 100, 130))
+    _, losses = head(feats, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_guidance_resized_to_output_stride():
+    # r = 16 -> stride 2: the 1x1-conv guidance is bilinearly upsampled x2 from res2.
+    head = small_head(patch_size=16).eval()
+    feats = features_for(64, 64)
+    with torch.no_grad():
+        inputs = head.mlp_inputs(feats, (2, 2))
+        guide = head.guidance(feats["res2"])
+    expected = F.interpolate(guide, scale_factor=2, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(inputs[:, 2:], expected)
+
+
+def test_semantic_segmentor_output_has_input_size():
+    cfg = load_cfg(TOY_CFG)
+    model = build_model(cfg).eval()
+    assert isinstance(model.sem_seg_head, NRDHead)
+    images = [torch.randint(0, 255, (3, h, w)).float() for h, w in [(100, 130), (97, 161)]]
+    with torch.no_grad():
+        out = model([{"image": images[0]}, {"image": images[1], "height": 50, "width": 70}])
+    assert out[0]["sem_seg"].shape == (8, 100, 130)
+    assert out[1]["sem_seg"].shape == (8, 50, 70)
+
+
+def test_bad_configuration_errors():
+    with pytest.raises(KeyError, match="res3"):
+        NRDHead(SHAPES, num_classes=3, guidance_in_feature="res3")
+    with pytest.raises(ValueError, match="patch_size"):
+        NRDHead(SHAPES, num_classes=3, patch_size=12)
+    head = small_head().train()
+    with pytest.raises(ValueError, match="larger"):
+        head(features_for(64, 64), torch.zeros(2, 96, 64, dtype=torch.long))
+    with pytest.raises(ValueError, match="targets"):
+        head(features_for(64, 64))
+
+
+# --------------------------------------------------------------------------------------------
+# Training, losses, auxiliary head
+
+
+def test_training_step_losses_and_gradients():
+    cfg = load_cfg(TOY_CFG)
+    model = build_model(cfg).train()
+    batch = []
+    for _ in range(2):
+        sem = torch.randint(0, 8, (128, 128))
+        sem[:10] = 255
+        batch.append({"image": torch.randint(0, 255, (3, 128, 128)).float(), "sem_seg": sem})
+    with EventStorage():
+        losses = model(batch)
+    assert set(losses) == {"loss_sem_seg", "loss_sem_seg_aux"}
+    for name, v in losses.items():
+        assert torch.isfinite(v) and v > 0, name
+    # The 1/P-scaled controller init gives near-zero initial logits: CE ~ log K.
+    assert losses["loss_sem_seg"].item() == pytest.approx(math.log(8), abs=0.05)
+    sum(losses.values()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_loss_weights_and_ignore_value():
+    feats = features_for(64, 64)
+    targets = torch.randint(0, 5, (2, 64, 64))
+    losses = {}
+    for lw, aw in [(1.0, 0.4), (0.5, 0.8)]:
+        torch.manual_seed(0)
+        head = small_head(loss_weight=lw, aux_loss_weight=aw, aux_dropout=0.0).train()
+        _, losses[lw] = head(feats, targets)
+    torch.testing.assert_close(losses[0.5]["loss_sem_seg"], losses[1.0]["loss_sem_seg"] * 0.5)
+    torch.testing.assert_close(losses[0.5]["loss_sem_seg_aux"], losses[1.0]["loss_sem_seg_aux"] * 2)
+    # Main loss = CE of the logits upsampled to the input size, ignoring IGNORE_VALUE.
+    torch.manual_seed(0)
+    head = small_head(aux_in_feature="").train()
+    targets[:, :32] = 255
+    _, l = head(feats, targets)
+    assert set(l) == {"loss_sem_seg"}
+    logits = F.interpolate(head.layers(feats), size=(64, 64), mode="bilinear", align_corners=False)
+    expected = F.cross_entropy(logits, targets, ignore_index=255)
+    torch.testing.assert_close(l["loss_sem_seg"], expected)
+
+
+def test_aux_head_runs_in_training_only():
+    cfg = load_cfg(TOY_CFG)
+    model = build_model(cfg)
+    calls = []
+    model.sem_seg_head.aux_head.register_forward_hook(lambda *a: calls.append(1))
+    image = torch.randint(0, 255, (3, 128, 160)).float()
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": image}])
+    assert calls == [] and set(out[0]) == {"sem_seg"}
+    flops = FlopCountAnalysis(model, [{"image": image}])
+    flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    assert flops.by_module()["model.sem_seg_head.aux_head"] == 0
+    assert "model.sem_seg_head.aux_head" in flops.uncalled_modules()
+    assert flops.by_module()["model.sem_seg_head"] > 0
+    assert calls == []
+    model.train()
+    with EventStorage():
+        model([{"image": image, "sem_seg": torch.randint(0, 8, (128, 160))}])
+    assert calls == [1]
+
+
+# --------------------------------------------------------------------------------------------
+# Panoptic FPN / RSPPanopticFPN semantic branch
+
+
+def _panoptic_batch(n=2, h=128, w=160):
+    batch = []
+    for i in range(n):
+        inst = Instances((h, w))
+        boxes = torch.tensor([[10.0, 20.0, 60.0, 80.0], [70.0 + i, 30.0, 130.0, 110.0]])
+        masks = torch.zeros(2, h, w, dtype=torch.bool)
+        for j, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
+            masks[j, y0:y1, x0:x1] = True
+        inst.gt_boxes = Boxes(boxes)
+        inst.gt_classes = torch.tensor([0, 2])
+        inst.gt_masks = BitMasks(masks)
+        sem = torch.randint(1, 6, (h, w))
+        sem[masks.any(0)] = 0  # "things"
+        image = torch.randint(0, 255, (3, h, w)).float()
+        batch.append({"image": image, "instances": inst, "sem_seg": sem})
+    return batch
+
+
+@pytest.mark.parametrize("meta_arch", ["RSPPanopticFPN", "PanopticFPN"])
+def test_panoptic_semantic_branch(meta_arch):
+    if meta_arch == "RSPPanopticFPN":
+        cfg = load_cfg(TOY_PAN_CFG)
+    else:  # Detectron2's own PanopticFPN with NRDHead on its p5 / p2
+        cfg = load_cfg(
+            TOY_PAN_BASE_CFG,
+            "MODEL.SEM_SEG_HEAD.NAME", "NRDHead",
+            "MODEL.NRD.CONTROLLER_IN_FEATURE", "p5",
+            "MODEL.NRD.GUIDANCE_IN_FEATURE", "p2",
+            "MODEL.NRD.AUX_IN_FEATURE", "",
+            "MODEL.NRD.ASPP_CHANNELS", "32",
+            "MODEL.NRD.CONTROLLER_CHANNELS", "32",
+        )
+    model = build_model(cfg).train()
+    assert type(model).__name__ == meta_arch
+    assert isinstance(model, PanopticFPN) and isinstance(model.sem_seg_head, NRDHead)
+    assert model.sem_seg_head.aux_head is None
+    batch = _panoptic_batch(h=112, w=140)  # padded to 128 x 160 by the FPN's size divisibility
+    with EventStorage():
+        losses = model(batch)
+    assert "loss_sem_seg" in losses and "loss_sem_seg_aux" not in losses
+    for k, v in losses.items():
+        assert torch.isfinite(v), k
+    # LOSS_WEIGHT 0.5 of Panoptic FPN is applied by the head; 6 classes at near-zero logits.
+    assert losses["loss_sem_seg"].item() == pytest.approx(0.5 * math.log(6), abs=0.03)
+    sum(losses.values()).backward()
+    for name, p in model.sem_seg_head.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": batch[0]["image"]}])
+        _, sem = model.inference([{"image": batch[0]["image"]}], do_postprocess=False)
+    assert out[0]["sem_seg"].shape == (6, 112, 140)
+    assert out[0]["panoptic_seg"][0].shape == (112, 140)
+    assert sem.shape == (1, 6, 128, 160)
+
+
+def test_real_dataset_configs_build_the_reference_design():
+    cfg = load_cfg(CITYSCAPES_CFG)
+    assert cfg.MODEL.BACKBONE.NAME == "build_resnet_deeplab_backbone"
+    assert cfg.MODEL.RESNETS.STEM_TYPE == "deeplab" and not cfg.MODEL.RESNETS.STRIDE_IN_1X1
+    assert cfg.MODEL.RESNETS.RES5_DILATION == 1
+    assert list(cfg.MODEL.RESNETS.RES5_MULTI_GRID) == [1, 1, 1]
+    assert cfg.SOLVER.BASE_LR == 0.01 and cfg.SOLVER.WEIGHT_DECAY == 0.0005
+    assert cfg.SOLVER.MAX_ITER == 80000 and cfg.INPUT.CROP.SIZE == [512, 1024]
+    model = build_model(cfg)
+    shapes = model.backbone.output_shape()
+    assert shapes["res5"].stride == 32 and shapes["res5"].channels == 2048
+    head = model.sem_seg_head
+    assert head.controller[-1].out_channels == 899
+    assert head.output_stride == 4 and head.patch_size == 8
+    assert len(head.aspp.branches) == 4 and head.aspp.project.kernel_size == (3, 3)
+    assert head.aspp.project.out_channels == 512 and head.controller[0].out_channels == 512
+    assert head.guidance[0].out_channels == 48 and head.guidance[1].out_channels == 16
+    assert head.aux_head[0].out_channels == 256 and head.aux_loss_weight == 0.4
+    # Deep stem: three 3x3 convs.
+    stem = model.backbone.stem
+    assert [stem.conv1.kernel_size, stem.conv2.kernel_size, stem.conv3.kernel_size] == [(3, 3)] * 3
