@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TOY_OPTS, run_train_net
 
-PANOPTIC_CFG = "configs/Toy/panoptic_fpn_R_18_toy.yaml"
+PANOPTIC_CFG = "configs/Toy/rsp_panoptic_fpn_R_18_toy.yaml"
 SEMANTIC_CFG = "configs/Toy/semantic_fpn_R_18_toy.yaml"
 
 
