@@ -18,7 +18,10 @@ def pytest_configure(config):
     os.makedirs(base, exist_ok=True)
     os.environ["DETECTRON2_DATASETS"] = base
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    # One thread per process: `make test` runs two pytest workers (pytest-xdist) on 2 cores, and the
+    # train_net.py subprocesses inherit this.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 def run_train_net(args, cwd=ROOT, timeout=600, env=None):
