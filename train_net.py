@@ -9,25 +9,42 @@
 
 One command scales from one CPU process to many GPUs and machines (Detectron2's ``launch``:
 NCCL on GPUs, Gloo on CPU, where ``--num-gpus N`` starts N CPU processes).
+
+Errors a user can fix (bad arguments, config, paths, checkpoints) print one ``ERROR:`` line and
+exit with status 2; faults during a run (non-finite loss, too many bad samples) exit with 1.
 """
 import json
 import logging
 import os
 import sys
 
-from detectron2.checkpoint import DetectionCheckpointer
+from torch.multiprocessing import ProcessExitedException
+
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import nrd_rsp  # noqa: F401  (registers datasets, heads and meta-architectures)
-from nrd_rsp.data.datasets import DatasetNotFoundError
-from nrd_rsp.engine import ConfigError, Trainer, evaluate, setup_cfg, validate_cfg, visualize_predictions
+from nrd_rsp.engine import (
+    RUNTIME_ERRORS,
+    USER_ERRORS,
+    Trainer,
+    error_exit_code,
+    evaluate,
+    exit_on_user_error,
+    load_model_for_eval,
+    report_error,
+    setup_cfg,
+    validate_cfg,
+    visualize_predictions,
+)
 
 
 def setup(args):
     cfg = setup_cfg(args.config_file, args.opts)
     validate_cfg(cfg, eval_only=args.eval_only)
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="nrd_rsp")
     return cfg
 
 
@@ -41,8 +58,7 @@ def save_results(cfg, res):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        model = load_model_for_eval(cfg, resume=args.resume)
         res = evaluate(cfg, model)
         save_results(cfg, res)
         if comm.is_main_process():
@@ -61,23 +77,50 @@ def main(args):
     return res
 
 
-def cli(argv=None):
-    args = default_argument_parser().parse_args(argv)
+def worker_main(args):
+    """``main`` in a process started by ``launch`` (world size > 1): a known error ends the process
+    with its exit status, which ``cli`` passes on (``launch`` then stops the other processes).
+    Errors that every rank raises alike (config, checkpoint, the trainer's all-rank step checks)
+    are printed by the main process only; others by the rank that hit them."""
     try:
-        # Fail fast, before spawning workers, on a wrong config / path / class count.
-        validate_cfg(setup_cfg(args.config_file, args.opts), eval_only=args.eval_only)
-    except (ConfigError, DatasetNotFoundError) as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 2
+        return main(args)
+    except USER_ERRORS + RUNTIME_ERRORS as e:
+        if comm.is_main_process() or not (isinstance(e, USER_ERRORS) or getattr(e, "all_ranks", False)):
+            if not comm.is_main_process():
+                print(f"[rank {comm.get_rank()}]", end=" ", file=sys.stderr)
+            report_error(e)
+        sys.exit(error_exit_code(e))
+
+
+def build_parser():
+    """Detectron2's ``default_argument_parser`` whose usage errors are one line."""
+    parser = default_argument_parser()
+
+    def error(message):
+        parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
+
+    parser.error = error
+    return parser
+
+
+@exit_on_user_error
+def cli(argv=None):
+    args = build_parser().parse_args(argv)
+    # Fail fast, before spawning workers, on a wrong config / path / class count.
+    validate_cfg(setup_cfg(args.config_file, args.opts), eval_only=args.eval_only)
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    world_size = args.num_gpus * args.num_machines
+    try:
+        launch(
+            worker_main if world_size > 1 else main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except ProcessExitedException as e:  # a worker stopped with a reported error
+        return e.exit_code if e.exit_code and e.exit_code > 0 else 1
     return 0
 
 

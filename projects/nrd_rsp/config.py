@@ -50,12 +50,14 @@ def _add_dataset_config(cfg):
 def _add_rsp_config(cfg):
     """RSP head (Bai et al. 2021), see docs/RSP.md."""
     cfg.MODEL.RSP = CN()
-    cfg.MODEL.RSP.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-    cfg.MODEL.RSP.WINDOW_SIZE = 3  # k: the k x k region of the coarser map
+    cfg.MODEL.RSP.IN_FEATURES = ["p2", "p3", "p4", "p5"]  # fine to coarse, strides doubling
+    cfg.MODEL.RSP.WINDOW_SIZE = 3  # k (odd): the k x k region of the coarser map
     cfg.MODEL.RSP.NUM_HEADS = 4  # G
     cfg.MODEL.RSP.CHANNELS = 128  # query/key/value channels of the relation (all heads)
-    cfg.MODEL.RSP.NUM_STAGES = 3  # stacked RSPs: P5->P4, P4->P3, P3->P2
-    cfg.MODEL.RSP.NORM = "GN"
+    # Stacked RSPs from the top: 3 = P5->P4, P4->P3, P3->P2; with fewer, the finest levels
+    # pass through unchanged.
+    cfg.MODEL.RSP.NUM_STAGES = 3
+    cfg.MODEL.RSP.NORM = "GN"  # norm of each RSP's 3x3 conv
     # Semantic branch of RSPSemSegHead: "p2" classifies from P2' alone; "sum" sums the levels
     # upsampled to stride 4, Semantic-FPN style.
     cfg.MODEL.RSP.SEM_SEG_FUSION = "sum"

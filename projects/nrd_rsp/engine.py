@@ -1,9 +1,19 @@
 """Training and evaluation glue: config set-up with start-up checks, the ``Trainer``, prediction
-visualisation. ``train_net.py`` and the tools are thin wrappers around this module."""
+visualisation. ``train_net.py`` and the tools are thin wrappers around this module.
+
+Reliability (README "Reliability"): the ``Trainer`` saves checkpoints atomically and resumes with
+a fallback over corrupt ones (``nrd_rsp.checkpoint``), streams training samples as a pure
+function of (seed, position) and skips bad ones (``nrd_rsp.data.robust``), reseeds the model's
+RNGs from (seed, iteration, rank) before every step, logs the raw losses to
+``OUTPUT_DIR/losses.jsonl`` and stops every rank before the optimizer step on a non-finite loss.
+"""
 import functools
+import json
 import logging
 import os
+import random
 import sys
+import tempfile
 import weakref
 from collections import OrderedDict
 
@@ -11,11 +21,10 @@ import cv2
 import numpy as np
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.data import detection_utils as utils
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import (
     CityscapesSemSegEvaluator,
     COCOEvaluator,
@@ -28,15 +37,20 @@ from detectron2.projects.deeplab import build_lr_scheduler as build_poly_lr_sche
 from detectron2.utils import comm
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from .checkpoint import CheckpointError, SafeCheckpointer
 from .config import add_nrd_rsp_config
-from .data import build_train_mapper
 from .data.datasets import DatasetNotFoundError, check_dataset_available, configure_toy_datasets_from_cfg
+from .data.mappers import CheckedDatasetMapper, build_test_mapper, build_train_mapper
+from .data.robust import BadSampleError, TooManyBadSamplesError, build_resumable_train_loader, mix_seed
 from .modeling.test_time_augmentation import SemanticSegmentorWithTTA
 
 __all__ = [
     "ConfigError",
+    "NonFiniteLossError",
     "USER_ERRORS",
+    "RUNTIME_ERRORS",
     "exit_on_user_error",
+    "one_line",
     "setup_cfg",
     "validate_cfg",
     "Trainer",
@@ -52,21 +66,53 @@ class ConfigError(ValueError):
     """A config, a path in it, or a command-line override is wrong. The message says how to fix it."""
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN/inf; raised (on every rank) before the optimizer step."""
+
+
 # Errors caused by what the user passed: CLIs print them as one line and exit with status 2.
-USER_ERRORS = (ConfigError, DatasetNotFoundError)
+USER_ERRORS = (ConfigError, DatasetNotFoundError, CheckpointError)
+# Faults during a run (bad data, diverged training): one line and exit status 1.
+RUNTIME_ERRORS = (NonFiniteLossError, TooManyBadSamplesError, BadSampleError)
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` as one line. An exception re-raised by a DataLoader worker carries
+    the worker's whole traceback; its last line holds the original message."""
+    msg = str(e).strip()
+    if "Original Traceback" in msg:
+        last = msg.splitlines()[-1]
+        head, sep, rest = last.partition(": ")
+        msg = rest if sep and head.endswith(("Error", "Exception")) else last
+    return " ".join(line.strip() for line in msg.splitlines() if line.strip())
+
+
+def error_exit_code(e: BaseException) -> int:
+    """2 for ``USER_ERRORS``, 1 for ``RUNTIME_ERRORS``."""
+    return 2 if isinstance(e, USER_ERRORS) else 1
+
+
+def report_error(e: BaseException) -> None:
+    """Print ``e`` for a user: its details (e.g. a table of mismatched checkpoint keys), then
+    ``ERROR: <one line>``, on stderr."""
+    table = getattr(e, "table", "")
+    if table:
+        print(table, file=sys.stderr)
+    print(f"ERROR: {one_line(e)}", file=sys.stderr)
 
 
 def exit_on_user_error(fn):
     """Decorator for CLI entry points: a ``USER_ERRORS`` exception becomes ``ERROR: <message>`` on
-    stderr and exit status 2 instead of a stack trace."""
+    stderr and exit status 2, a ``RUNTIME_ERRORS`` one the same with exit status 1, instead of a
+    stack trace."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS as e:
-            print(f"ERROR: {e}", file=sys.stderr)
-            sys.exit(2)
+        except USER_ERRORS + RUNTIME_ERRORS as e:
+            report_error(e)
+            sys.exit(error_exit_code(e))
 
     return wrapper
 
@@ -75,7 +121,9 @@ def setup_cfg(config_file, opts=(), freeze=True):
     """Load ``config_file`` on top of Detectron2's and the project's defaults, apply ``opts``
     (KEY VALUE pairs), fall back to CPU when CUDA is missing, and register the toy datasets with
     the config's ``DATASETS.TOY`` parameters."""
-    if not config_file or not os.path.isfile(config_file):
+    if not config_file:
+        raise ConfigError("No config file given: pass --config-file, e.g. configs/Toy/semantic_fpn_R_18_toy.yaml")
+    if not os.path.isfile(config_file):
         raise ConfigError(f"Config file not found: '{config_file}'. Pass an existing YAML, e.g. configs/Toy/...")
     cfg = get_cfg()
     add_nrd_rsp_config(cfg)
@@ -117,13 +165,42 @@ def _expected_class_counts(cfg, dataset_name):
     return checks
 
 
+def check_output_dir_writable(output_dir):
+    """Raise ``ConfigError`` unless ``output_dir`` is (or can be created as) a writable directory.
+    Creates nothing: an existing directory gets a temporary file, else its nearest existing
+    ancestor must be a writable directory."""
+    if not output_dir or "://" in output_dir:
+        return
+    path = os.path.abspath(output_dir)
+    problem = None
+    if os.path.isdir(path):
+        try:
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as e:
+            problem = e.strerror or str(e)
+    else:
+        parent = path
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            problem = f"'{parent}' is not a directory"
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            problem = f"cannot create directories in '{parent}'"
+    if problem:
+        raise ConfigError(
+            f"OUTPUT_DIR '{output_dir}' is not writable ({problem}). Pass OUTPUT_DIR <a writable directory>."
+        )
+
+
 def validate_cfg(cfg, eval_only=False):
     """Start-up checks that turn late, deep failures into one clear error.
 
-    Raises ``ConfigError`` for a missing ``MODEL.WEIGHTS`` file or a class count that disagrees
-    with the dataset metadata, and ``DatasetNotFoundError`` (from ``nrd_rsp.data.datasets``) for
-    a missing or incomplete dataset directory.
+    Raises ``ConfigError`` for a missing ``MODEL.WEIGHTS`` file, an unwritable ``OUTPUT_DIR`` or
+    a class count that disagrees with the dataset metadata, and ``DatasetNotFoundError`` (from
+    ``nrd_rsp.data.datasets``) for a missing or incomplete dataset directory.
     """
+    check_output_dir_writable(cfg.OUTPUT_DIR)
     weights = cfg.MODEL.WEIGHTS
     if weights and "://" not in weights and not os.path.isfile(weights):
         raise ConfigError(
@@ -147,29 +224,204 @@ def validate_cfg(cfg, eval_only=False):
         check_dataset_available(name)
 
 
+class _GuardedStepMixin:
+    """Checks every training step before the optimizer step (``SimpleTrainer.run_step`` calls
+    ``_write_metrics`` after ``backward`` and before ``optimizer.step``): a non-finite loss term
+    or a fatal data-loader condition (too many skipped samples) raises on *every* rank (the
+    findings are all-gathered when the world size is > 1), so no rank is left waiting in a
+    collective. Also keeps the skipped-sample counts summed over ranks (``skip_totals``) and the
+    loss terms averaged over ranks (``last_losses``)."""
+
+    check_finite = True
+    skip_totals = (0, 0)  # (skipped, seen) over all ranks, this process's run
+    last_losses: dict = {}  # {"iteration", "total_loss", <loss terms>} averaged over ranks
+
+    def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):
+        self._guard_step(loss_dict, self.iter if iter is None else iter)
+        super()._write_metrics(loss_dict, data_time, prefix, iter)
+
+    def _guard_step(self, loss_dict, iteration):
+        values = {k: v.detach().float().mean().item() for k, v in loss_dict.items()}
+        bad = [f"{k}={v}" for k, v in values.items() if not np.isfinite(v)] if self.check_finite else []
+        loader = self.data_loader
+        report = (bad, getattr(loader, "fatal_error", None), getattr(loader, "num_skipped", 0),
+                  getattr(loader, "num_seen", 0), values)
+        reports = comm.all_gather(report) if comm.get_world_size() > 1 else [report]
+        self.skip_totals = (sum(r[2] for r in reports), sum(r[3] for r in reports))
+        mean = {k: float(np.mean([r[4][k] for r in reports])) for k in values}
+        self.last_losses = {"iteration": int(iteration), "total_loss": float(sum(mean.values())), **mean}
+        data_errors = [(rank, r[1]) for rank, r in enumerate(reports) if r[1]]
+        if data_errors:
+            rank, msg = data_errors[0]
+            e = TooManyBadSamplesError(f"Iteration {iteration}{f' (rank {rank})' if len(reports) > 1 else ''}: {msg}")
+            e.all_ranks = True  # raised identically on every rank
+            raise e
+        bad_by_rank = [(rank, r[0]) for rank, r in enumerate(reports) if r[0]]
+        if bad_by_rank:
+            where = "; ".join(
+                (f"rank {rank}: " if len(reports) > 1 else "") + ", ".join(terms) for rank, terms in bad_by_rank
+            )
+            e = NonFiniteLossError(
+                f"Non-finite loss at iteration {iteration}: {where}. Training stopped before the optimizer "
+                "step, so the weights (and the last checkpoint) are not affected. Lower SOLVER.BASE_LR, "
+                "increase SOLVER.WARMUP_ITERS or enable SOLVER.CLIP_GRADIENTS, then --resume."
+            )
+            e.all_ranks = True
+            raise e
+
+
+class GuardedSimpleTrainer(_GuardedStepMixin, SimpleTrainer):
+    """``SimpleTrainer`` with the step guard of ``_GuardedStepMixin``."""
+
+
+class GuardedAMPTrainer(_GuardedStepMixin, AMPTrainer):
+    """``AMPTrainer`` with the step guard of ``_GuardedStepMixin``."""
+
+
+class StepSeedHook(HookBase):
+    """Seed ``random``, ``numpy`` and ``torch`` from ``(seed, iteration, rank)`` before every step,
+    so that model-side randomness (RPN/ROI sampling, dropout) is the same in a resumed run as in
+    an uninterrupted one. ``seed`` is saved in checkpoints (``state_dict``) and restored at resume."""
+
+    def __init__(self, seed):
+        self.seed = int(seed)
+
+    def before_step(self):
+        s = mix_seed(self.seed, self.trainer.iter, comm.get_rank())
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+
+    def state_dict(self):
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state_dict):
+        self.seed = int(state_dict["seed"])
+
+
+class LossLogHook(HookBase):
+    """Append the raw per-iteration losses (every term and their sum, averaged over ranks) to
+    ``OUTPUT_DIR/losses.jsonl``: one ``{"iteration": i, "total_loss": ..., "loss_*": ...}`` per line
+    (Detectron2's ``metrics.json`` has 20-iteration medians whose window restarts at resume).
+    A fresh run truncates the file; a resumed run appends. Main process only."""
+
+    def __init__(self, path):
+        self.path = path
+        self._file = None
+
+    def before_train(self):
+        self._file = open(self.path, "a" if self.trainer.start_iter > 0 else "w")
+
+    def after_step(self):
+        losses = getattr(self.trainer._trainer, "last_losses", {})
+        if losses.get("iteration") == self.trainer.iter and self._file is not None:
+            self._file.write(json.dumps(losses) + "\n")
+            self._file.flush()
+
+    def after_train(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class SkippedSamplesHook(HookBase):
+    """Report skipped (bad) training samples: ``data/skipped_samples`` in the event storage when
+    it changes and a summary at the end of training, totals over ranks and resumes."""
+
+    def __init__(self):
+        self._offset = (0, 0)  # from the runs before the last resume
+        self._last = 0
+
+    def _totals(self):
+        skipped, seen = self.trainer._trainer.skip_totals
+        return skipped + self._offset[0], seen + self._offset[1]
+
+    def after_step(self):
+        skipped, _ = self._totals()
+        if skipped != self._last:
+            self.trainer.storage.put_scalar("data/skipped_samples", skipped, smoothing_hint=False)
+            self._last = skipped
+
+    def after_train(self):
+        skipped, seen = self._totals()
+        if comm.is_main_process():
+            logger.info(
+                f"Training data: {skipped} bad sample(s) skipped out of {seen} loaded"
+                + (f" ({100.0 * skipped / seen:.2f}%)." if seen else ".")
+            )
+
+    def state_dict(self):
+        skipped, seen = self._totals()
+        return {"skipped": skipped, "seen": seen}
+
+    def load_state_dict(self, state_dict):
+        self._offset = (int(state_dict["skipped"]), int(state_dict["seen"]))
+
+
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with evaluators chosen from the dataset's ``evaluator_type``, the
-    project's training mappers, poly LR and semantic test-time augmentation."""
+    project's training mappers, poly LR and semantic test-time augmentation, and the reliability
+    machinery of this module (see its docstring)."""
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__, except that DistributedDataParallel gets no device_ids for CPU
-        # models, so that `--num-gpus N` runs N Gloo processes on a machine without GPUs.
+        # models, so that `--num-gpus N` runs N Gloo processes on a machine without GPUs, and the
+        # checkpointer, inner trainer and data loader are the fault-tolerant ones.
         TrainerBase.__init__(self)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        self.seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        _install_nan_injection(model, weakref.proxy(self))
         ddp_kwargs = {"broadcast_buffers": False}
         if cfg.MODEL.DEVICE == "cpu":
             ddp_kwargs["device_ids"] = None
         model = create_ddp_model(model, **ddp_kwargs)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self._trainer = (GuardedAMPTrainer if cfg.SOLVER.AMP.ENABLED else GuardedSimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self._trainer.check_finite = cfg.SOLVER.CHECK_FINITE_LOSS
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
+        self._seed_hook = StepSeedHook(self.seed)
         self.register_hooks(self.build_hooks())
+        self._configure_loader()
+
+    def build_hooks(self):
+        # Before Detectron2's hooks: seeding precedes every other before_step, and the losses of
+        # an iteration are logged before its checkpoint is written.
+        ret = [self._seed_hook, SkippedSamplesHook()]
+        if comm.is_main_process():
+            ret.append(LossLogHook(os.path.join(self.cfg.OUTPUT_DIR, "losses.jsonl")))
+        return ret + super().build_hooks()
+
+    def _configure_loader(self):
+        loader = self._trainer.data_loader
+        if hasattr(loader, "configure"):
+            loader.configure(start_iter=self.start_iter, seed=self._seed_hook.seed)
+
+    def resume_or_load(self, resume=True):
+        """Resume from the newest readable checkpoint in ``OUTPUT_DIR`` (``SafeCheckpointer``:
+        corrupt ones are reported and skipped, every model tensor must fit) if ``resume``, else
+        load ``MODEL.WEIGHTS`` (error if no tensor fits). Then restart the training sample
+        stream at the resumed iteration with the checkpoint's seed."""
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.resumed_from:
+            # The checkpoint stores the iteration that just finished.
+            self.start_iter = self.iter + 1
+            # WarmupPolyLR saves its max_iters: resuming with a larger SOLVER.MAX_ITER would take
+            # a power of a negative number past the old end. Follow the config.
+            if getattr(self.scheduler, "max_iters", self.max_iter) != self.max_iter:
+                logger.warning(
+                    f"Resuming with SOLVER.MAX_ITER {self.max_iter} instead of the checkpoint's "
+                    f"{self.scheduler.max_iters}: the LR schedule now ends at {self.max_iter}."
+                )
+                self.scheduler.max_iters = self.max_iter
+        self._configure_loader()
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -195,7 +447,15 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+        """A ``ResumableTrainLoader`` (``nrd_rsp.data.robust``): deterministic, resumable,
+        skipping bad samples, with the project's training mapper."""
+        mapper = build_train_mapper(cfg) or CheckedDatasetMapper(cfg, True)
+        return build_resumable_train_loader(cfg, mapper)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Detectron2's test loader with checked reading (a corrupt image is named)."""
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_test_mapper(cfg))
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
@@ -228,8 +488,10 @@ def evaluate(cfg, model):
 def visualize_predictions(cfg, model, dataset_name=None, num_images=None, output_dir=None):
     """Draw the predictions of ``model`` on the first ``num_images`` images of ``dataset_name``
     with Detectron2's ``Visualizer`` and write them as PNG. Returns the written paths."""
-    dataset_name = dataset_name or cfg.DATASETS.TEST[0]
     num_images = cfg.TEST.NUM_VIS_IMAGES if num_images is None else num_images
+    if not dataset_name and not cfg.DATASETS.TEST:
+        return []
+    dataset_name = dataset_name or cfg.DATASETS.TEST[0]
     output_dir = output_dir or os.path.join(cfg.OUTPUT_DIR, "vis")
     if num_images <= 0:
         return []
@@ -263,8 +525,36 @@ def visualize_predictions(cfg, model, dataset_name=None, num_images=None, output
     return paths
 
 
-def load_model_for_eval(cfg):
-    """Build the model of ``cfg`` and load ``MODEL.WEIGHTS``."""
+def load_model_for_eval(cfg, resume=False):
+    """Build the model of ``cfg`` and load ``MODEL.WEIGHTS`` (or, with ``resume``, the newest
+    readable checkpoint of ``OUTPUT_DIR``). Every model tensor must be in the checkpoint with
+    its shape, else ``CheckpointMismatchError`` (a ``USER_ERRORS`` member) with a table."""
     model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume, strict=True)
     return model
+
+
+NAN_INJECTION_ENV = "NRD_RSP_INJECT_NAN_LOSS"
+
+
+def _install_nan_injection(model, trainer):
+    """Fault injection for tests: ``NRD_RSP_INJECT_NAN_LOSS=ITER`` (or ``ITER@RANK``) makes the
+    first loss term NaN at training iteration ITER (on rank RANK only), through a forward hook,
+    so the NaN flows into ``backward`` exactly like a real divergence."""
+    spec = os.environ.get(NAN_INJECTION_ENV, "")
+    if not spec:
+        return
+    it, _, rank = spec.partition("@")
+    it, rank = int(it), (int(rank) if rank else None)
+    logger.warning(f"{NAN_INJECTION_ENV}={spec}: a NaN loss will be injected at iteration {it}")
+
+    def hook(module, inputs, output):
+        if module.training and isinstance(output, dict) and output and trainer.iter == it and (
+            rank is None or rank == comm.get_rank()
+        ):
+            key = sorted(output)[0]
+            output = dict(output)
+            output[key] = output[key] * float("nan")
+        return output
+
+    model.register_forward_hook(hook)

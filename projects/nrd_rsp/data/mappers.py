@@ -5,6 +5,13 @@
   divisibility. Used for Cityscapes / ADE20K / PASCAL Context / toy semantic data.
 * ``PanopticFPNDatasetMapper``: Detectron2's ``DatasetMapper`` (semantic "stuff" PNG + instance
   annotations, the Panoptic FPN format) with optional photometric distortion.
+* ``CheckedDatasetMapper``: Detectron2's ``DatasetMapper`` with checked reading; the test mapper.
+
+All of them read through ``nrd_rsp.data.robust``: an unreadable/corrupt image or label, an image
+whose size differs from the dataset dict's, or a label whose size differs from its image raises
+``BadSampleError`` naming the file (skipped in training by ``ResumableMapDataset``). Grayscale,
+RGBA and palette images are converted by PIL to ``INPUT.FORMAT`` (alpha dropped, palette looked
+up); palette label PNGs give their indices.
 
 ``build_train_mapper(cfg)`` picks one from ``INPUT.DATASET_MAPPER_NAME``.
 """
@@ -20,11 +27,15 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from .robust import BadSampleError, check_image_size_or_skip, read_image_checked, read_label_checked
+
 __all__ = [
     "SemanticSegDatasetMapper",
+    "CheckedDatasetMapper",
     "PanopticFPNDatasetMapper",
     "build_photometric_augmentations",
     "build_train_mapper",
+    "build_test_mapper",
 ]
 
 
@@ -100,20 +111,16 @@ class SemanticSegDatasetMapper:
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
-        utils.check_image_size(dataset_dict, image)
+        image = read_image_checked(dataset_dict["file_name"], self.image_format)
+        check_image_size_or_skip(dataset_dict, image)
         sem_seg = None
         if "sem_seg_file_name" in dataset_dict:
-            sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype("double")
-            if sem_seg.ndim == 3:
-                sem_seg = sem_seg[:, :, 0]
-            if sem_seg.shape != image.shape[:2]:
-                raise ValueError(
-                    f"Label {dataset_dict.get('file_name')}: label size {sem_seg.shape} differs from "
-                    f"image size {image.shape[:2]}."
-                )
+            label_file = dataset_dict.pop("sem_seg_file_name")
+            sem_seg = read_label_checked(label_file, image.shape[:2]).astype("double")
         elif self.is_train:
-            raise ValueError(f"Training sample {dataset_dict['file_name']} has no 'sem_seg_file_name'.")
+            raise BadSampleError(
+                f"training sample '{dataset_dict['file_name']}' has no 'sem_seg_file_name'", dataset_dict["file_name"]
+            )
 
         aug_input = T.AugInput(image, sem_seg=sem_seg)
         self.augmentations(aug_input)
@@ -132,10 +139,43 @@ class SemanticSegDatasetMapper:
         return dataset_dict
 
 
-class PanopticFPNDatasetMapper(DatasetMapper):
+class CheckedDatasetMapper(DatasetMapper):
+    """Detectron2's ``DatasetMapper`` whose image and semantic label are read with
+    ``read_image_checked`` / ``read_label_checked`` (``BadSampleError`` naming the file instead
+    of a PIL error deep in a worker, or a silently misaligned label). Label PNGs are read as
+    stored (Detectron2 converts them to luminance ``L``, which turns palette indices into grey
+    levels); otherwise ``__call__`` follows ``DatasetMapper.__call__``."""
+
+    def __call__(self, dataset_dict):
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = read_image_checked(dataset_dict["file_name"], self.image_format)
+        check_image_size_or_skip(dataset_dict, image)
+        sem_seg_gt = None
+        if "sem_seg_file_name" in dataset_dict:
+            sem_seg_gt = read_label_checked(dataset_dict.pop("sem_seg_file_name"), image.shape[:2])
+
+        aug_input = T.AugInput(image, sem_seg=sem_seg_gt)
+        transforms = self.augmentations(aug_input)
+        image, sem_seg_gt = aug_input.image, aug_input.sem_seg
+
+        image_shape = image.shape[:2]
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if sem_seg_gt is not None:
+            dataset_dict["sem_seg"] = torch.as_tensor(sem_seg_gt.astype("long"))
+        if self.proposal_topk is not None:
+            utils.transform_proposals(dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk)
+        if not self.is_train:
+            dataset_dict.pop("annotations", None)
+            return dataset_dict
+        if "annotations" in dataset_dict:
+            self._transform_annotations(dataset_dict, transforms, image_shape)
+        return dataset_dict
+
+
+class PanopticFPNDatasetMapper(CheckedDatasetMapper):
     """Detectron2's ``DatasetMapper`` for the Panoptic FPN format (semantic "stuff" PNG where 0 marks
     thing pixels, plus instance annotations with masks), with photometric distortion on top of its
-    resize/flip/crop augmentations."""
+    resize/flip/crop augmentations, and checked reading (``CheckedDatasetMapper``)."""
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -157,3 +197,9 @@ def build_train_mapper(cfg):
     raise ValueError(
         f"Unknown INPUT.DATASET_MAPPER_NAME '{name}'; expected 'sem_seg', 'panoptic_fpn' or ''."
     )
+
+
+def build_test_mapper(cfg):
+    """The evaluation mapper: Detectron2's test-time ``DatasetMapper`` with checked reading, so a
+    corrupt test image stops evaluation with a ``BadSampleError`` naming the file."""
+    return CheckedDatasetMapper(cfg, False)
