@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 
+import torch
 from torch.multiprocessing import ProcessExitedException
 
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -41,6 +42,9 @@ from nrd_rsp.engine import (
 
 
 def setup(args):
+    if comm.get_world_size() > 1 and not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        # N CPU processes share the machine's cores; more threads than cores only spin.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
     cfg = setup_cfg(args.config_file, args.opts)
     validate_cfg(cfg, eval_only=args.eval_only)
     default_setup(cfg, args)

@@ -102,6 +102,9 @@ def test_param_layout_and_controller_init():
     # Xavier-normal scaled by 1/P: std = sqrt(2 / (fan_in + fan_out)) / P.
     expected_std = math.sqrt(2.0 / (16 + 899)) / 899
     assert last.weight.std().item() == pytest.approx(expected_std, rel=0.05)
+    # MODEL.NRD.SCALE_CONTROLLER_INIT False (toy configs): plain Xavier-normal.
+    unscaled = small_head(num_classes=19, scale_controller_init=False).controller[-1]
+    assert unscaled.weight.std().item() == pytest.approx(expected_std * 899, rel=0.05)
 
 
 def test_fourier_features_widen_the_mlp_input():

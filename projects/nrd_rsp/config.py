@@ -87,6 +87,9 @@ def _add_nrd_config(cfg):
     # r: each controller location decodes an r x r patch; output stride = controller stride / r.
     cfg.MODEL.NRD.PATCH_SIZE = 8
     cfg.MODEL.NRD.FOURIER_FEATURES = 0  # 0: off; else number of frequencies per coordinate
+    # Authors' init: the controller's last conv is Xavier-normal divided by P. False keeps plain
+    # Xavier-normal (dynamic MLPs at a normal scale from the start), for short schedules.
+    cfg.MODEL.NRD.SCALE_CONTROLLER_INIT = True
     # Norm of every NRD conv and of the MLP input; GN (32 groups) cannot split 48 or 2 + G = 18.
     cfg.MODEL.NRD.NORM = "BN"
     cfg.MODEL.NRD.AUX_CHANNELS = 256

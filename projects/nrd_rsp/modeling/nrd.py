@@ -246,6 +246,7 @@ class NRDHead(nn.Module):
         guidance_proj_channels: int = 48,
         patch_size: int = 8,
         fourier_features: int = 0,
+        scale_controller_init: bool = True,
         norm: Union[str, Callable] = "BN",
         aux_channels: int = 256,
         aux_loss_weight: float = 0.4,
@@ -268,6 +269,9 @@ class NRDHead(nn.Module):
             guidance_proj_channels: width of the guidance branch's 3x3 conv.
             patch_size: r; each controller location decodes an r x r patch (output stride s/r).
             fourier_features: F; if > 0, add F sin/cos frequencies per coordinate to the MLP input.
+            scale_controller_init: divide the Xavier-normal init of the controller's last conv by
+                P (the authors' init). Without it the dynamic MLPs start at a normal scale, which
+                trains much faster on short schedules (the toy configs).
             norm: normalisation of every conv and of the MLP input (see ``get_norm``).
             aux_channels, aux_loss_weight, aux_dropout: auxiliary FCN head.
             loss_weight: weight of the main cross-entropy.
@@ -322,8 +326,9 @@ class NRDHead(nn.Module):
         ctrl_out = Conv2d(controller_channels, self.mlp.num_params, kernel_size=1)
         # Xavier-normal scaled by 1/P keeps the initial dynamic weights small (authors' init).
         nn.init.xavier_normal_(ctrl_out.weight)
-        with torch.no_grad():
-            ctrl_out.weight.div_(self.mlp.num_params)
+        if scale_controller_init:
+            with torch.no_grad():
+                ctrl_out.weight.div_(self.mlp.num_params)
         nn.init.constant_(ctrl_out.bias, 0)
         self.controller = nn.Sequential(ctrl_conv, ctrl_out)
 
@@ -380,6 +385,7 @@ class NRDHead(nn.Module):
             "guidance_proj_channels": nrd.GUIDANCE_PROJ_CHANNELS,
             "patch_size": nrd.PATCH_SIZE,
             "fourier_features": nrd.FOURIER_FEATURES,
+            "scale_controller_init": nrd.SCALE_CONTROLLER_INIT,
             "norm": nrd.NORM,
             "aux_channels": nrd.AUX_CHANNELS,
             "aux_loss_weight": nrd.AUX_LOSS_WEIGHT,
