@@ -254,7 +254,7 @@ def test_bad_configuration_errors():
 
 
 def test_training_step_losses_and_gradients():
-    cfg = load_cfg(TOY_CFG)
+    cfg = load_cfg(TOY_CFG, "MODEL.NRD.SCALE_CONTROLLER_INIT", "True")  # authors' init: logits ~ 0
     model = build_model(cfg).train()
     batch = []
     for _ in range(2):
@@ -343,7 +343,7 @@ def _panoptic_batch(n=2, h=128, w=160):
 @pytest.mark.parametrize("meta_arch", ["RSPPanopticFPN", "PanopticFPN"])
 def test_panoptic_semantic_branch(meta_arch):
     if meta_arch == "RSPPanopticFPN":
-        cfg = load_cfg(TOY_PAN_CFG)
+        cfg = load_cfg(TOY_PAN_CFG, "MODEL.NRD.SCALE_CONTROLLER_INIT", "True")
     else:  # Detectron2's own PanopticFPN with NRDHead on its p5 / p2
         cfg = load_cfg(
             TOY_PAN_BASE_CFG,
