@@ -27,6 +27,7 @@ from collections import Counter, OrderedDict
 
 import torch
 
+from nrd_rsp.checkpoint import torch_load_tensors
 from nrd_rsp.engine import ConfigError, exit_on_user_error
 
 # torchvision ResNet depth -> blocks per stage (layer1..layer4), block type.
@@ -69,17 +70,6 @@ def rename_key(key):
     if layer == "downsample.0":
         return prefix + f"shortcut.{param}"
     return prefix + f"shortcut.norm.{param}"  # downsample.1 (BatchNorm)
-
-
-def torch_load_tensors(path, what):
-    """``torch.load(path, weights_only=True)`` on CPU; any failure becomes a one-line ``ConfigError``."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch.save file, truncated, or holds arbitrary objects
-        msg = str(e)
-        m = re.search(r"WeightsUnpickler error:\s*(.+?)\n\n", msg, re.S)
-        reason = m.group(1).strip() if m else (msg.strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"Cannot read '{path}' as {what}: torch.load(weights_only=True) failed ({reason}).") from e
 
 
 def load_torchvision_state_dict(path):

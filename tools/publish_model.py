@@ -21,12 +21,12 @@ import hashlib
 import io
 import json
 import os
-import re
 import sys
 import tempfile
 
 import torch
 
+from nrd_rsp.checkpoint import torch_load_tensors
 from nrd_rsp.engine import ConfigError, exit_on_user_error
 
 _SIDECAR = "metrics.json"
@@ -43,17 +43,6 @@ def sha256sum(path, chunk=1 << 20):
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def torch_load_tensors(path, what):
-    """``torch.load(path, weights_only=True)`` on CPU; any failure becomes a one-line ``ConfigError``."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch.save file, truncated, or holds arbitrary objects
-        msg = str(e)
-        m = re.search(r"WeightsUnpickler error:\s*(.+?)\n\n", msg, re.S)
-        reason = m.group(1).strip() if m else (msg.strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"Cannot read '{path}' as {what}: torch.load(weights_only=True) failed ({reason}).") from e
 
 
 def load_training_checkpoint(path):

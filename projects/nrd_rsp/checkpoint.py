@@ -27,7 +27,7 @@ from fvcore.common.checkpoint import _filter_reused_missing_keys
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["CheckpointError", "CheckpointMismatchError", "SafeCheckpointer", "atomic_write"]
+__all__ = ["CheckpointError", "CheckpointMismatchError", "SafeCheckpointer", "atomic_write", "torch_load_tensors"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,18 @@ MAX_TABLE_ROWS = 40
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used (unreadable, none readable at ``--resume``, or another model)."""
+
+
+def torch_load_tensors(path, what):
+    """``torch.load(path, weights_only=True)`` on CPU; any failure becomes a one-line ``CheckpointError``
+    (a file that is not a ``torch.save`` file, is truncated, or holds arbitrary objects)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        msg = str(e)
+        m = re.search(r"WeightsUnpickler error:\s*(.+?)\n\n", msg, re.S)
+        reason = m.group(1).strip() if m else (msg.strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"Cannot read '{path}' as {what}: torch.load(weights_only=True) failed ({reason}).") from e
 
 
 class CorruptCheckpointError(CheckpointError):
