@@ -197,8 +197,7 @@ OTHER_CLIS = [
 def test_other_clis_missing_input(capsys, tmp_path, monkeypatch, script, argv, named):
     monkeypatch.chdir(tmp_path)  # relative outputs (if any) go to tmp
     path = os.path.join(ROOT, script)
-    if not os.path.isfile(path):
-        pytest.skip(f"{script} does not exist yet")
+    assert os.path.isfile(path), f"{script} is missing"
     (tmp_path / "img.png").write_bytes(b"")
     argv = [os.path.join(ROOT, a) if a == SEMANTIC_CFG else str(tmp_path / "img.png") if a == "IMAGE" else a
             for a in argv]
