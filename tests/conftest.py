@@ -37,3 +37,26 @@ def run_train_net(args, cwd=ROOT, timeout=600, env=None):
 @pytest.fixture
 def train_net():
     return run_train_net
+
+
+def panoptic_batch(n=2, h=128, w=160):
+    """A Panoptic FPN training batch: two box/mask instances per image (classes 0 and 2) and a
+    semantic map whose thing pixels are 0 ("things") and stuff pixels 1..5."""
+    import torch
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    batch = []
+    for i in range(n):
+        inst = Instances((h, w))
+        boxes = torch.tensor([[10.0, 20.0, 60.0, 80.0], [70.0 + i, 30.0, 130.0, 110.0]])
+        masks = torch.zeros(2, h, w, dtype=torch.bool)
+        for j, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
+            masks[j, y0:y1, x0:x1] = True
+        inst.gt_boxes = Boxes(boxes)
+        inst.gt_classes = torch.tensor([0, 2])
+        inst.gt_masks = BitMasks(masks)
+        sem = torch.randint(1, 6, (h, w))
+        sem[masks.any(0)] = 0  # "things"
+        image = torch.randint(0, 255, (3, h, w)).float()
+        batch.append({"image": image, "instances": inst, "sem_seg": sem})
+    return batch

@@ -10,7 +10,6 @@ from torch.nn import functional as F
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY, PanopticFPN, build_model
-from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.analysis import FlopCountAnalysis
 from detectron2.utils.events import EventStorage
 
@@ -21,6 +20,8 @@ from nrd_rsp.modeling.nrd import (
     num_dynamic_params,
     relative_coordinates,
 )
+
+from conftest import panoptic_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_CFG = os.path.join(ROOT, "configs/Toy/nrd_R_18_toy.yaml")
@@ -322,24 +323,6 @@ def test_aux_head_runs_in_training_only():
 # Panoptic FPN / RSPPanopticFPN semantic branch
 
 
-def _panoptic_batch(n=2, h=128, w=160):
-    batch = []
-    for i in range(n):
-        inst = Instances((h, w))
-        boxes = torch.tensor([[10.0, 20.0, 60.0, 80.0], [70.0 + i, 30.0, 130.0, 110.0]])
-        masks = torch.zeros(2, h, w, dtype=torch.bool)
-        for j, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
-            masks[j, y0:y1, x0:x1] = True
-        inst.gt_boxes = Boxes(boxes)
-        inst.gt_classes = torch.tensor([0, 2])
-        inst.gt_masks = BitMasks(masks)
-        sem = torch.randint(1, 6, (h, w))
-        sem[masks.any(0)] = 0  # "things"
-        image = torch.randint(0, 255, (3, h, w)).float()
-        batch.append({"image": image, "instances": inst, "sem_seg": sem})
-    return batch
-
-
 @pytest.mark.parametrize("meta_arch", ["RSPPanopticFPN", "PanopticFPN"])
 def test_panoptic_semantic_branch(meta_arch):
     if meta_arch == "RSPPanopticFPN":
@@ -358,7 +341,7 @@ def test_panoptic_semantic_branch(meta_arch):
     assert type(model).__name__ == meta_arch
     assert isinstance(model, PanopticFPN) and isinstance(model.sem_seg_head, NRDHead)
     assert model.sem_seg_head.aux_head is None
-    batch = _panoptic_batch(h=112, w=140)  # padded to 128 x 160 by the FPN's size divisibility
+    batch = panoptic_batch(h=112, w=140)  # padded to 128 x 160 by the FPN's size divisibility
     with EventStorage():
         losses = model(batch)
     assert "loss_sem_seg" in losses and "loss_sem_seg_aux" not in losses

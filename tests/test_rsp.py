@@ -7,12 +7,13 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY, build_model
-from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from nrd_rsp import add_nrd_rsp_config
 from nrd_rsp.modeling.meta_arch import RSPPanopticFPN
 from nrd_rsp.modeling.rsp import RSE, RSPHead, RSPSemSegHead
+
+from conftest import panoptic_batch
 
 SEM_CFG = "configs/Toy/rsp_R_18_toy.yaml"
 PAN_CFG = "configs/Toy/rsp_panoptic_fpn_R_18_toy.yaml"
@@ -224,30 +225,13 @@ def test_semantic_training_step():
     _assert_rsp_grads(model, "sem_seg_head.rsp.")
 
 
-def _panoptic_batch(n=2, h=128, w=160):
-    batch = []
-    for i in range(n):
-        inst = Instances((h, w))
-        boxes = torch.tensor([[10.0, 20.0, 60.0, 80.0], [70.0 + i, 30.0, 130.0, 110.0]])
-        masks = torch.zeros(2, h, w, dtype=torch.bool)
-        for j, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
-            masks[j, y0:y1, x0:x1] = True
-        inst.gt_boxes = Boxes(boxes)
-        inst.gt_classes = torch.tensor([0, 2])
-        inst.gt_masks = BitMasks(masks)
-        sem = torch.randint(1, 6, (h, w))
-        sem[masks.any(0)] = 0  # "things"
-        batch.append({"image": _image(h, w), "instances": inst, "sem_seg": sem})
-    return batch
-
-
 @pytest.mark.parametrize("instance_features", ["refined", "fpn"])
 def test_panoptic_training_step(instance_features):
     cfg = load_cfg(PAN_CFG, "MODEL.RSP.INSTANCE_FEATURES", instance_features)
     model = build_model(cfg).train()
     assert isinstance(model, RSPPanopticFPN)
     with EventStorage():
-        losses = model(_panoptic_batch())
+        losses = model(panoptic_batch())
     assert set(losses) == {
         "loss_sem_seg", "loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"
     }
