@@ -24,6 +24,26 @@ def pytest_configure(config):
     os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
+@pytest.fixture(autouse=True)
+def _drop_log_handlers_added_by_test():
+    """Tools called in-process (analyze_model, benchmark, ...) attach detectron2 console handlers to
+    the stream pytest had captured for that test; once the capture is closed, a later test's log
+    record would print '--- Logging error ---' into its stderr. Remove such handlers after each test."""
+    import logging
+
+    def handlers():
+        loggers = [logging.getLogger()] + [
+            lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+        ]
+        return {(lg, h) for lg in loggers for h in lg.handlers}
+
+    before = handlers()
+    yield
+    for lg, h in handlers() - before:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            lg.removeHandler(h)
+
+
 def run_train_net(args, cwd=ROOT, timeout=600, env=None):
     """Run ``python train_net.py ARGS`` in a subprocess; returns the CompletedProcess (text)."""
     full_env = dict(os.environ)
