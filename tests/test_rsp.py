@@ -11,7 +11,7 @@ from detectron2.utils.events import EventStorage
 
 from nrd_rsp import add_nrd_rsp_config
 from nrd_rsp.modeling.meta_arch import RSPPanopticFPN
-from nrd_rsp.modeling.rsp import RSE, RSPHead, RSPSemSegHead
+from nrd_rsp.modeling.rsp import RSE, RSP, RSPHead, RSPSemSegHead
 
 from conftest import panoptic_batch
 
@@ -157,6 +157,25 @@ def test_rsp_head_propagates_context_top_down():
     out2 = head(dict(feats, p2=torch.randn_like(feats["p2"])))
     for level in ("p3", "p4", "p5"):
         torch.testing.assert_close(out2[level], out[level])
+
+
+def test_rsp_identity_skip_adds_the_fine_map():
+    """Eq. 4: F_out = F + ReLU(Norm(Conv(F + W_o c))); IDENTITY_SKIP False drops the ``F +``."""
+    torch.manual_seed(0)
+    fine, coarse = torch.randn(2, 32, 10, 12), torch.randn(2, 24, 5, 6)
+    skip = RSP(32, 24, channels=8, num_heads=2, norm="GN", identity_skip=True).eval()
+    plain = RSP(32, 24, channels=8, num_heads=2, norm="GN", identity_skip=False).eval()
+    plain.load_state_dict(skip.state_dict())
+    out_plain = plain(fine, coarse)
+    assert out_plain.min() >= 0 and out_plain.shape == fine.shape  # ends in ReLU
+    torch.testing.assert_close(skip(fine, coarse), fine + out_plain)
+    cfg = get_cfg()
+    add_nrd_rsp_config(cfg)
+    assert cfg.MODEL.RSP.IDENTITY_SKIP is True
+    cfg.MODEL.RSP.IDENTITY_SKIP = False
+    shapes, _ = _pyramid()
+    head = RSPHead(cfg, shapes)
+    assert all(not stage.identity_skip for stage in head.stages.values())
 
 
 def test_rsp_head_num_stages_and_errors():

@@ -58,6 +58,9 @@ def _add_rsp_config(cfg):
     # pass through unchanged.
     cfg.MODEL.RSP.NUM_STAGES = 3
     cfg.MODEL.RSP.NORM = "GN"  # norm of each RSP's 3x3 conv
+    # Identity skip around each RSP: F_out = F + ReLU(Norm(Conv(F + W_o c))) (docs/RSP.md, Eq. 4).
+    # False gives the plain F_out = ReLU(Norm(Conv(F + W_o c))).
+    cfg.MODEL.RSP.IDENTITY_SKIP = True
     # Semantic branch of RSPSemSegHead: "p2" classifies from P2' alone; "sum" sums the levels
     # upsampled to stride 4, Semantic-FPN style.
     cfg.MODEL.RSP.SEM_SEG_FUSION = "sum"

@@ -156,9 +156,10 @@ class RSE(nn.Module):
 class RSP(nn.Module):
     """Relational Semantics Propagator (docs/RSP.md, Eq. 4).
 
-        F_out = ReLU(Norm(Conv3x3(F + W_o c))),   c = RSE(F, F')
+        F_out = F + ReLU(Norm(Conv3x3(F + W_o c))),   c = RSE(F, F')
 
-    The output has the shape of F.
+    (without ``identity_skip``: ``F_out = ReLU(Norm(Conv3x3(F + W_o c)))``). The output has the
+    shape of F.
     """
 
     def __init__(
@@ -170,8 +171,10 @@ class RSP(nn.Module):
         num_heads: int = 4,
         window_size: int = 3,
         norm: str = "GN",
+        identity_skip: bool = True,
     ):
         super().__init__()
+        self.identity_skip = identity_skip
         self.rse = RSE(fine_channels, coarse_channels, channels, num_heads, window_size)
         self.proj = Conv2d(channels, fine_channels, kernel_size=1, bias=False)
         self.fuse = Conv2d(
@@ -188,7 +191,8 @@ class RSP(nn.Module):
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         """fine: [N, C_f, H, W], coarse: [N, C_c, h', w'] -> [N, C_f, H, W]."""
-        return self.fuse(fine + self.proj(self.rse(fine, coarse)))
+        out = self.fuse(fine + self.proj(self.rse(fine, coarse)))
+        return fine + out if self.identity_skip else out
 
 
 class RSPHead(nn.Module):
@@ -215,6 +219,7 @@ class RSPHead(nn.Module):
         window_size: int = 3,
         num_stages: Optional[int] = None,
         norm: str = "GN",
+        identity_skip: bool = True,
     ):
         """
         Args:
@@ -223,6 +228,7 @@ class RSPHead(nn.Module):
             channels, num_heads, window_size: of every :class:`RSE`.
             num_stages: number of stacked RSPs, 1 .. len(in_features) - 1 (default: all).
             norm: normalization of the RSP 3x3 conv.
+            identity_skip: add ``F`` to every RSP's output (:class:`RSP`).
         """
         super().__init__()
         in_features = sorted(in_features, key=lambda f: input_shape[f].stride)
@@ -249,6 +255,7 @@ class RSPHead(nn.Module):
                     num_heads=num_heads,
                     window_size=window_size,
                     norm=norm,
+                    identity_skip=identity_skip,
                 )
                 for fine, coarse in self.pairs
             }
@@ -267,6 +274,7 @@ class RSPHead(nn.Module):
             "window_size": cfg.MODEL.RSP.WINDOW_SIZE,
             "num_stages": cfg.MODEL.RSP.NUM_STAGES,
             "norm": cfg.MODEL.RSP.NORM,
+            "identity_skip": cfg.MODEL.RSP.IDENTITY_SKIP,
         }
 
     def forward(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
