@@ -124,6 +124,22 @@ def test_fourier_features_widen_the_mlp_input():
     assert out.shape == (2, 19, 64, 64)
 
 
+def test_input_norm_is_separate_from_the_conv_norm():
+    # default: the MLP input uses the head's norm (the reference design: BN / SyncBN throughout)
+    head = small_head(norm="BN", guidance_channels=30)
+    assert isinstance(head.input_norm, torch.nn.BatchNorm2d)
+    # the toy config: GroupNorm in the convs, BatchNorm on the 2 + G MLP input channels
+    head = small_head(norm="GN", input_norm="BN", guidance_channels=30, aspp_channels=32,
+                      controller_channels=32, guidance_proj_channels=32, aux_channels=32)
+    assert isinstance(head.input_norm, torch.nn.BatchNorm2d) and head.input_norm.num_features == 32
+    assert isinstance(head.controller[0].norm, torch.nn.GroupNorm)
+    assert isinstance(head.guidance[0].norm, torch.nn.GroupNorm)
+    assert isinstance(head.aspp.project.norm, torch.nn.GroupNorm)
+    cfg = load_cfg(TOY_CFG)
+    assert (cfg.MODEL.NRD.NORM, cfg.MODEL.NRD.INPUT_NORM) == ("GN", "BN")
+    assert load_cfg().MODEL.NRD.INPUT_NORM == ""  # follows MODEL.NRD.NORM
+
+
 # --------------------------------------------------------------------------------------------
 # Dynamic decoding vs. an explicit per-patch loop
 

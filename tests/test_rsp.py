@@ -345,3 +345,19 @@ def test_semantic_fpn_checkpoint_loads_into_rsp_semantic_model():
     assert result.missing_keys and all(
         k.startswith("sem_seg_head.rsp.") for k in result.missing_keys
     )
+
+
+def test_rsp_panoptic_fpn_starts_from_panoptic_fpn_weights_and_rng():
+    """With the same seed, RSPPanopticFPN's non-RSP modules get exactly PanopticFPN's initial
+    weights and the RNG continues identically (the RSP head is built on a forked RNG), so the
+    two models differ by the RSP head only (benchmarks/toy_accuracy.py compares them)."""
+    states, draws = [], []
+    for path in (PAN_BASE_CFG, PAN_CFG):
+        torch.manual_seed(123)
+        model = build_model(load_cfg(path))
+        states.append({k: v for k, v in model.state_dict().items() if not k.startswith("rsp.")})
+        draws.append(torch.rand(4))
+    assert set(states[0]) == set(states[1])
+    for k, v in states[0].items():
+        assert torch.equal(v, states[1][k]), k
+    assert torch.equal(draws[0], draws[1])

@@ -93,8 +93,11 @@ def _add_nrd_config(cfg):
     # Authors' init: the controller's last conv is Xavier-normal divided by P. False keeps plain
     # Xavier-normal (dynamic MLPs at a normal scale from the start), for short schedules.
     cfg.MODEL.NRD.SCALE_CONTROLLER_INIT = True
-    # Norm of every NRD conv and of the MLP input; GN (32 groups) cannot split 48 or 2 + G = 18.
+    # Norm of every NRD conv; GN (32 groups) cannot split the reference's 48 guidance channels.
     cfg.MODEL.NRD.NORM = "BN"
+    # Norm of the MLP input (2 + G channels: coordinates + guidance; BN / SyncBN in the paper).
+    # "" uses NORM.
+    cfg.MODEL.NRD.INPUT_NORM = ""
     cfg.MODEL.NRD.AUX_CHANNELS = 256
     cfg.MODEL.NRD.AUX_LOSS_WEIGHT = 0.4
     cfg.MODEL.NRD.AUX_DROPOUT = 0.1

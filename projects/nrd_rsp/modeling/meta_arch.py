@@ -52,10 +52,16 @@ class RSPPanopticFPN(PanopticFPN):
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        rsp = RSPHead(cfg, ret["backbone"].output_shape())
+        # Built on a forked RNG: every other module gets the initial weights that PanopticFPN
+        # gets with the same seed, and training draws the same random numbers (ROI sampling),
+        # so that the two meta-architectures differ by the RSP head only.
+        with torch.random.fork_rng(devices=[]):
+            rsp = RSPHead(cfg, ret["backbone"].output_shape())
         ret["rsp"] = rsp
-        # PanopticFPN built its head for the FPN shapes; rebuild it for the refined ones.
-        ret["sem_seg_head"] = build_sem_seg_head(cfg, rsp.output_shape())
+        # PanopticFPN built its head for the FPN shapes; rebuild it only if the refined differ.
+        fpn_shapes = ret["backbone"].output_shape()
+        if rsp.output_shape() != fpn_shapes:
+            ret["sem_seg_head"] = build_sem_seg_head(cfg, rsp.output_shape())
         ret["instance_features"] = cfg.MODEL.RSP.INSTANCE_FEATURES
         return ret
 

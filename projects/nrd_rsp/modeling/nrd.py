@@ -248,6 +248,7 @@ class NRDHead(nn.Module):
         fourier_features: int = 0,
         scale_controller_init: bool = True,
         norm: Union[str, Callable] = "BN",
+        input_norm: Union[str, Callable, None] = None,
         aux_channels: int = 256,
         aux_loss_weight: float = 0.4,
         aux_dropout: float = 0.1,
@@ -272,7 +273,9 @@ class NRDHead(nn.Module):
             scale_controller_init: divide the Xavier-normal init of the controller's last conv by
                 P (the authors' init). Without it the dynamic MLPs start at a normal scale, which
                 trains much faster on short schedules (the toy configs).
-            norm: normalisation of every conv and of the MLP input (see ``get_norm``).
+            norm: normalisation of every conv of the head (see ``get_norm``).
+            input_norm: normalisation of the MLP input (coordinates + guidance; BN / SyncBN in the
+                paper); ``None`` or ``""`` uses ``norm``.
             aux_channels, aux_loss_weight, aux_dropout: auxiliary FCN head.
             loss_weight: weight of the main cross-entropy.
             ignore_value: label ignored by the losses.
@@ -347,7 +350,7 @@ class NRDHead(nn.Module):
         nn.init.xavier_normal_(guide_out.weight)
         nn.init.constant_(guide_out.bias, 0)
         self.guidance = nn.Sequential(guide_conv, guide_out)
-        self.input_norm = get_norm(norm, mlp_in)
+        self.input_norm = get_norm(input_norm or norm, mlp_in)
 
         # auxiliary FCN head (training only)
         if aux_in_feature:
@@ -387,6 +390,7 @@ class NRDHead(nn.Module):
             "fourier_features": nrd.FOURIER_FEATURES,
             "scale_controller_init": nrd.SCALE_CONTROLLER_INIT,
             "norm": nrd.NORM,
+            "input_norm": nrd.INPUT_NORM,
             "aux_channels": nrd.AUX_CHANNELS,
             "aux_loss_weight": nrd.AUX_LOSS_WEIGHT,
             "aux_dropout": nrd.AUX_DROPOUT,
