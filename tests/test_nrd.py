@@ -125,12 +125,13 @@ def test_fourier_features_widen_the_mlp_input():
 
 
 def test_input_norm_is_separate_from_the_conv_norm():
-    # default: the MLP input uses the head's norm (the reference design: BN / SyncBN throughout)
-    head = small_head(norm="BN", guidance_channels=30)
-    assert isinstance(head.input_norm, torch.nn.BatchNorm2d)
+    gn_widths = dict(guidance_channels=30, aspp_channels=32, controller_channels=32,
+                     guidance_proj_channels=32, aux_channels=32)  # 32-group GN everywhere
+    # default (input_norm unset): the MLP input follows the head's norm
+    head = small_head(norm="GN", **gn_widths)
+    assert isinstance(head.input_norm, torch.nn.GroupNorm) and head.input_norm.num_channels == 32
     # the toy config: GroupNorm in the convs, BatchNorm on the 2 + G MLP input channels
-    head = small_head(norm="GN", input_norm="BN", guidance_channels=30, aspp_channels=32,
-                      controller_channels=32, guidance_proj_channels=32, aux_channels=32)
+    head = small_head(norm="GN", input_norm="BN", **gn_widths)
     assert isinstance(head.input_norm, torch.nn.BatchNorm2d) and head.input_norm.num_features == 32
     assert isinstance(head.controller[0].norm, torch.nn.GroupNorm)
     assert isinstance(head.guidance[0].norm, torch.nn.GroupNorm)
