@@ -325,7 +325,11 @@ def test_panoptic_fpn_checkpoint_loads_into_rsp_panoptic_fpn():
     state = base.state_dict()
     model = build_model(load_cfg(PAN_CFG))
     result = model.load_state_dict(state, strict=False)
-    assert result.unexpected_keys == []
+    # The toy RSP config classifies semantics from P2' alone: PanopticFPN's p3-p5 scale heads
+    # have no counterpart. Nothing else may be left over.
+    assert result.unexpected_keys
+    assert all(k.startswith(("sem_seg_head.p3.", "sem_seg_head.p4.", "sem_seg_head.p5."))
+               for k in result.unexpected_keys)
     assert result.missing_keys, "rsp.* must be missing"
     assert all(k.startswith(("rsp.", "sem_seg_head.")) for k in result.missing_keys)
     assert any(k.startswith("rsp.") for k in result.missing_keys)
@@ -350,11 +354,13 @@ def test_semantic_fpn_checkpoint_loads_into_rsp_semantic_model():
 def test_rsp_panoptic_fpn_starts_from_panoptic_fpn_weights_and_rng():
     """With the same seed, RSPPanopticFPN's non-RSP modules get exactly PanopticFPN's initial
     weights and the RNG continues identically (the RSP head is built on a forked RNG), so the
-    two models differ by the RSP head only (benchmarks/toy_accuracy.py compares them)."""
+    two models differ by the RSP head only. (The toy RSP config also changes the semantic
+    head, to P2' alone; with Panoptic FPN's 4-level semantic head everything else is equal.)"""
     states, draws = [], []
-    for path in (PAN_BASE_CFG, PAN_CFG):
+    sum_head = ["MODEL.SEM_SEG_HEAD.IN_FEATURES", ["p2", "p3", "p4", "p5"]]
+    for path, opts in ((PAN_BASE_CFG, []), (PAN_CFG, sum_head)):
         torch.manual_seed(123)
-        model = build_model(load_cfg(path))
+        model = build_model(load_cfg(path, *opts))
         states.append({k: v for k, v in model.state_dict().items() if not k.startswith("rsp.")})
         draws.append(torch.rand(4))
     assert set(states[0]) == set(states[1])
