@@ -28,6 +28,9 @@ def finish_rows(out_dir, started):
     proc, log = started
     try:
         returncode = proc.wait(timeout=1500)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
     finally:
         log.close()
     with open(os.path.join(out_dir, "log.txt")) as f:
