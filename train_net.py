@@ -46,17 +46,10 @@ def setup(args):
         # N CPU processes share the machine's cores; more threads than cores only spin.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
     cfg = setup_cfg(args.config_file, args.opts)
-    validate_cfg(cfg, eval_only=args.eval_only)
+    validate_cfg(cfg, eval_only=args.eval_only, resume=args.resume)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="nrd_rsp")
     return cfg
-
-
-def save_results(cfg, res):
-    """Write the evaluation results to OUTPUT_DIR/eval_results.json (main process only)."""
-    if res and comm.is_main_process():
-        with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as f:
-            json.dump(res, f, indent=2)
 
 
 def main(args):
@@ -64,7 +57,6 @@ def main(args):
     if args.eval_only:
         model = load_model_for_eval(cfg, resume=args.resume)
         res = evaluate(cfg, model)
-        save_results(cfg, res)
         if comm.is_main_process():
             visualize_predictions(cfg, model)
         return res
@@ -73,9 +65,8 @@ def main(args):
     trainer.resume_or_load(resume=args.resume)
     trainer.train()  # Detectron2's EvalHook evaluates after the last iteration
     res = getattr(trainer, "_last_eval_results", None)
-    if cfg.TEST.AUG.ENABLED:
-        res.update(Trainer.test_with_TTA(cfg, trainer.model))
-    save_results(cfg, res)
+    if res is not None:  # saved, then TTA if enabled
+        res = evaluate(cfg, trainer.model, plain_results=res)
     if comm.is_main_process():
         visualize_predictions(cfg, trainer.model)
     return res
@@ -111,7 +102,10 @@ def build_parser():
 def cli(argv=None):
     args = build_parser().parse_args(argv)
     # Fail fast, before spawning workers, on a wrong config / path / class count.
-    validate_cfg(setup_cfg(args.config_file, args.opts), eval_only=args.eval_only)
+    validate_cfg(
+        setup_cfg(args.config_file, args.opts, quiet=True), eval_only=args.eval_only, resume=args.resume,
+        quiet=True,
+    )
     print("Command Line Args:", args)
     world_size = args.num_gpus * args.num_machines
     try:

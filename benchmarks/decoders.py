@@ -22,6 +22,7 @@ import gc
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -55,10 +56,13 @@ ROWS = OrderedDict(
             "config's default) on the 256-ch FPN; 19 classes instead of COCO's 54."),
         Row("rsp_r50", "RSP R-50", f"{CS}/rsp_R_50_FPN_90k_bs16.yaml", [], "RSPSemSegHead on a 128-ch FPN."),
         Row("rsp_r101", "RSP R-101", f"{CS}/rsp_R_101_FPN_90k_bs16.yaml", [], "RSPSemSegHead on a 128-ch FPN."),
-        Row("nrd_r50", "NRD R-50", f"{CS}/nrd_R_50_80k_bs16.yaml", [],
-            "Deep-stem ResNet, output stride 32, NRDHead; the auxiliary FCN head (training only) "
-            "is not part of the inference path."),
-        Row("nrd_r101", "NRD R-101", f"{CS}/nrd_R_101_80k_bs16.yaml", [], "As NRD R-50, ResNet-101."),
+        # The NRD configs' weights are a local file (pretrained/resnet*_v1c.pkl, converted by
+        # tools/convert-mmcls-v1c-to-d2.py): random init here, as for the URL weights of the others.
+        Row("nrd_r50", "NRD R-50", f"{CS}/nrd_R_50_84k_bs16.yaml", ["MODEL.WEIGHTS", ""],
+            "ResNetV1c (stem 32/32/64), output stride 32, NRDHead; the auxiliary FCN head (training "
+            "only) is not part of the inference path."),
+        Row("nrd_r101", "NRD R-101", f"{CS}/nrd_R_101_84k_bs16.yaml", ["MODEL.WEIGHTS", ""],
+            "As NRD R-50, ResNetV1c-101."),
         Row("nrd_rsp_r50", "NRD+RSP R-50", f"{COCO}/nrd_rsp_panoptic_fpn_R_50_1x.yaml", [],
             "Semantic path of nrd_rsp_panoptic_fpn_R_50_1x (RSPPanopticFPN): ResNet-50 -> 256-ch "
             "FPN -> RSP -> NRDHead (controller P5', guidance P2'); instance branch not run; 19 classes."),
@@ -178,7 +182,7 @@ def measure_row(row, args):
         "key": row.key,
         "label": row.label,
         "config": row.config,
-        "opts": " ".join(row.opts),
+        "opts": " ".join(shlex.quote(o) for o in row.opts),
         "depth": cfg.MODEL.RESNETS.DEPTH,
         "gflops_total": total / 1e9,
         "gflops_backbone": flops["backbone"] / 1e9,

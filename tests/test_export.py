@@ -19,7 +19,7 @@ CPU_BN = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "BN"
 CASES = {
     # config -> (extra opts, input size)
     "Cityscapes-SemanticSegmentation/rsp_R_50_FPN_90k_bs16.yaml": (CPU_BN, (96, 192)),
-    "Cityscapes-SemanticSegmentation/nrd_R_50_80k_bs16.yaml": (CPU_BN + ["MODEL.NRD.NORM", "BN"], (96, 192)),
+    "Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml": (CPU_BN + ["MODEL.NRD.NORM", "BN"], (96, 192)),
     # 100 x 150 is not a multiple of the FPN's 32: the padding and the crop back are traced too.
     "Toy/semantic_fpn_R_18_toy.yaml": (CPU_BN + TOY_OPTS, (100, 150)),
 }

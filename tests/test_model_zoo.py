@@ -49,7 +49,7 @@ def test_env_var_overrides_configs_dir(tmp_path, monkeypatch):
         ("Toy/rsp_R_18.yaml", "Toy/rsp_R_18_toy.yaml"),
         ("rsp_R_50_FPN_90k_bs16.yaml", "Cityscapes-SemanticSegmentation/rsp_R_50_FPN_90k_bs16.yaml"),
         ("Cityscapes-SemanticSegmentation/nrd_R_50_90k_bs16.yaml",
-         "Cityscapes-SemanticSegmentation/nrd_R_50_80k_bs16.yaml"),
+         "Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml"),
     ],
 )
 def test_unknown_path_lists_close_matches(path, suggestion):
@@ -80,7 +80,7 @@ def test_trained_without_published_checkpoint_is_a_clear_error():
     with pytest.raises(model_zoo.ModelZooError, match="No checkpoint is published for 'Toy/rsp_R_18_toy.yaml'"):
         model_zoo.get_config("Toy/rsp_R_18_toy.yaml", trained=True)
     with pytest.raises(model_zoo.ModelZooError, match="No checkpoint is published"):
-        model_zoo.get("Cityscapes-SemanticSegmentation/nrd_R_50_80k_bs16.yaml", trained=True)
+        model_zoo.get("Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml", trained=True)
 
 
 def test_get_random_init_models():

@@ -3,6 +3,7 @@ shapes, training, auxiliary head, Panoptic FPN integration. FLOPs: test_nrd_flop
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -28,7 +29,7 @@ TOY_CFG = os.path.join(ROOT, "configs/Toy/nrd_R_18_toy.yaml")
 TOY_PAN_CFG = os.path.join(ROOT, "configs/Toy/nrd_rsp_panoptic_fpn_R_18_toy.yaml")
 TOY_PAN_BASE_CFG = os.path.join(ROOT, "configs/Toy/Base-Toy-Panoptic-FPN.yaml")
 CITYSCAPES_CFG = os.path.join(
-    ROOT, "configs/Cityscapes-SemanticSegmentation/nrd_R_50_80k_bs16.yaml"
+    ROOT, "configs/Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml"
 )
 
 
@@ -258,7 +259,7 @@ def test_semantic_segmentor_output_has_input_size():
 def test_bad_configuration_errors():
     with pytest.raises(KeyError, match="res3"):
         NRDHead(SHAPES, num_classes=3, guidance_in_feature="res3")
-    with pytest.raises(ValueError, match="patch_size"):
+    with pytest.raises(ValueError, match="PATCH_SIZE 12 does not divide"):
         NRDHead(SHAPES, num_classes=3, patch_size=12)
     head = small_head().train()
     with pytest.raises(ValueError, match="larger"):
@@ -303,15 +304,20 @@ def test_loss_weights_and_ignore_value():
         _, losses[lw] = head(feats, targets)
     torch.testing.assert_close(losses[0.5]["loss_sem_seg"], losses[1.0]["loss_sem_seg"] * 0.5)
     torch.testing.assert_close(losses[0.5]["loss_sem_seg_aux"], losses[1.0]["loss_sem_seg_aux"] * 2)
-    # Main loss = CE of the logits upsampled to the input size, ignoring IGNORE_VALUE.
-    torch.manual_seed(0)
-    head = small_head(aux_in_feature="").train()
+    # Main loss = CE of the logits upsampled to the input size; IGNORE_VALUE pixels count 0 and
+    # (authors' mmseg 0.10 default) still count in the mean, or are left out of it.
     targets[:, :32] = 255
-    _, l = head(feats, targets)
-    assert set(l) == {"loss_sem_seg"}
-    logits = F.interpolate(head.layers(feats), size=(64, 64), mode="bilinear", align_corners=False)
-    expected = F.cross_entropy(logits, targets, ignore_index=255)
-    torch.testing.assert_close(l["loss_sem_seg"], expected)
+    for avg_non_ignore, valid_share in [(False, 0.5), (True, 1.0)]:
+        torch.manual_seed(0)
+        head = small_head(aux_in_feature="", avg_non_ignore=avg_non_ignore).train()
+        _, l = head(feats, targets)
+        assert set(l) == {"loss_sem_seg"}
+        logits = F.interpolate(
+            head.layers(feats), size=(64, 64), mode="bilinear", align_corners=False
+        )
+        per_pixel = -F.log_softmax(logits, 1).gather(1, targets.clamp(max=4)[:, None])[:, 0]
+        valid_mean = per_pixel[:, 32:].mean()  # rows 32.. are the valid half
+        torch.testing.assert_close(l["loss_sem_seg"], valid_mean * valid_share)
 
 
 def test_aux_head_runs_in_training_only():
@@ -336,14 +342,100 @@ def test_aux_head_runs_in_training_only():
     assert calls == [1]
 
 
+class _FixedLogits(torch.nn.Module):
+    """Stands in for the auxiliary FCN head: returns the given logits whatever its input."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x):
+        return self.logits
+
+
+def _column_ce_reference(col_logits, labels, out_width, in_over_out):
+    """Independent 1-D reference (NumPy, float64): mean cross-entropy over ``out_width`` output
+    columns of logits ``[K, w]`` bilinearly resampled (half-pixel centres, clamped at the
+    border, as ``F.interpolate(align_corners=False)``) with ``in / out = in_over_out``;
+    ``labels[x]`` is the class of output column ``x``. Constant along rows, so the mean over a
+    column is the mean over the image."""
+    logits = col_logits.double().numpy()
+    w = logits.shape[1]
+    losses = []
+    for x in range(out_width):
+        src = max((x + 0.5) * in_over_out - 0.5, 0.0)
+        i0 = int(np.floor(src))
+        i1 = min(i0 + 1, w - 1)
+        lam = src - i0
+        z = (1 - lam) * logits[:, i0] + lam * logits[:, i1]
+        losses.append(np.log(np.exp(z).sum()) - z[labels[x]])
+    return float(np.mean(losses))
+
+
+def test_aux_loss_aligned_with_labels_on_250x300():
+    """At 250 x 300 (not a multiple of 32) res4 is 16 x 19 and res5 8 x 10. The stride-16 aux
+    logits cover 16 * 19 = 304 columns: they must be resized to 256 x 304 and cropped, not
+    stretched to res5's 256 x 320 (which shifts column 299 by about 15 pixels)."""
+    h, w, k = 250, 300, 5
+    feats = features_for(h, w, n=2)  # two images: BatchNorm on the 1x1 pooled map
+    assert feats["res4"].shape[-2:] == (16, 19) and feats["res5"].shape[-2:] == (8, 10)
+    # Aux logits: class (j mod 2) wins by 8 in feature column j; labels follow the true column
+    # of each pixel (x // 16), so only an aligned resize gets them right away from borders.
+    cols = torch.arange(19)
+    col_logits = torch.zeros(k, 19)
+    col_logits[cols % 2, cols] = 8.0
+    labels = (torch.arange(w) // 16) % 2
+    targets = labels.expand(2, h, w).clone()
+    head = small_head(num_classes=k, aux_loss_weight=1.0).train()
+    head.aux_head = _FixedLogits(col_logits[None, :, None, :].expand(2, k, 16, 19))
+    _, losses = head(feats, targets)
+    got = losses["loss_sem_seg_aux"].item()
+    aligned = _column_ce_reference(col_logits, labels.numpy(), w, 19 / 304)
+    stretched = _column_ce_reference(col_logits, labels.numpy(), w, 19 / 320)
+    assert got == pytest.approx(aligned, rel=1e-5)
+    # The misaligned resize is far worse: this label pattern tells the two apart.
+    assert stretched > aligned + 1.0
+
+
+def test_pooling_norm_changes_only_the_pooling_conv():
+    default = small_head()  # authors: 1x1 conv + norm (here BN) + ReLU, no bias
+    plain = small_head(pooling_norm="none")  # Detectron2's ASPP: 1x1 conv with bias + ReLU
+    assert isinstance(default.aspp.pool_conv.norm, torch.nn.BatchNorm2d)
+    assert default.aspp.pool_conv.bias is None
+    assert plain.aspp.pool_conv.norm is None and plain.aspp.pool_conv.bias is not None
+    gn = small_head(norm="GN", aspp_channels=32, controller_channels=32, guidance_proj_channels=32,
+                    aux_channels=32, guidance_channels=30)
+    assert isinstance(gn.aspp.pool_conv.norm, torch.nn.GroupNorm)  # follows NORM
+    keys_default, keys_plain = set(default.state_dict()), set(plain.state_dict())
+    assert keys_default - keys_plain == {
+        f"aspp.pool_conv.norm.{p}"
+        for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    }
+    assert keys_plain - keys_default == {"aspp.pool_conv.bias"}
+    # The config key: "" follows MODEL.NRD.NORM, "none" removes the norm.
+    assert load_cfg().MODEL.NRD.POOLING_NORM == ""
+    head = SEM_SEG_HEADS_REGISTRY.get("NRDHead")(load_cfg(None, "MODEL.NRD.POOLING_NORM", "none"),
+                                                 SHAPES)
+    assert head.aspp.pool_conv.norm is None
+    # The pooled branch's value is norm(conv(mean(x))) + ReLU, broadcast over the map.
+    default.eval()
+    x = torch.randn(2, 32, 3, 4)
+    with torch.no_grad():
+        pc = default.aspp.pool_conv
+        expected = torch.relu(pc.norm(F.conv2d(x.mean((2, 3), keepdim=True), pc.weight)))
+        torch.testing.assert_close(pc(F.adaptive_avg_pool2d(x, 1)), expected)
+
+
 # --------------------------------------------------------------------------------------------
 # Panoptic FPN / RSPPanopticFPN semantic branch
 
 
 @pytest.mark.parametrize("meta_arch", ["RSPPanopticFPN", "PanopticFPN"])
 def test_panoptic_semantic_branch(meta_arch):
+    # Mean over the valid pixels: the FPN pads 112 x 140 to 128 x 160 with ignored pixels.
+    avg = ("MODEL.NRD.LOSS_AVG_NON_IGNORE", "True")
     if meta_arch == "RSPPanopticFPN":
-        cfg = load_cfg(TOY_PAN_CFG, "MODEL.NRD.SCALE_CONTROLLER_INIT", "True")
+        cfg = load_cfg(TOY_PAN_CFG, "MODEL.NRD.SCALE_CONTROLLER_INIT", "True", *avg)
     else:  # Detectron2's own PanopticFPN with NRDHead on its p5 / p2
         cfg = load_cfg(
             TOY_PAN_BASE_CFG,
@@ -353,6 +445,7 @@ def test_panoptic_semantic_branch(meta_arch):
             "MODEL.NRD.AUX_IN_FEATURE", "",
             "MODEL.NRD.ASPP_CHANNELS", "32",
             "MODEL.NRD.CONTROLLER_CHANNELS", "32",
+            *avg,
         )
     model = build_model(cfg).train()
     assert type(model).__name__ == meta_arch
@@ -385,7 +478,7 @@ def test_real_dataset_configs_build_the_reference_design():
     assert cfg.MODEL.RESNETS.RES5_DILATION == 1
     assert list(cfg.MODEL.RESNETS.RES5_MULTI_GRID) == [1, 1, 1]
     assert cfg.SOLVER.BASE_LR == 0.01 and cfg.SOLVER.WEIGHT_DECAY == 0.0005
-    assert cfg.SOLVER.MAX_ITER == 80000 and cfg.INPUT.CROP.SIZE == [512, 1024]
+    assert cfg.SOLVER.MAX_ITER == 84000 and cfg.INPUT.CROP.SIZE == [512, 1024]
     model = build_model(cfg)
     shapes = model.backbone.output_shape()
     assert shapes["res5"].stride == 32 and shapes["res5"].channels == 2048
@@ -396,6 +489,11 @@ def test_real_dataset_configs_build_the_reference_design():
     assert head.aspp.project.out_channels == 512 and head.controller[0].out_channels == 512
     assert head.guidance[0].out_channels == 48 and head.guidance[1].out_channels == 16
     assert head.aux_head[0].out_channels == 256 and head.aux_loss_weight == 0.4
-    # Deep stem: three 3x3 convs.
+    # ResNetV1c stem: three 3x3 convs, 32 / 32 / 64 channels.
     stem = model.backbone.stem
-    assert [stem.conv1.kernel_size, stem.conv2.kernel_size, stem.conv3.kernel_size] == [(3, 3)] * 3
+    convs = [stem.conv1, stem.conv2, stem.conv3]
+    assert [c.kernel_size for c in convs] == [(3, 3)] * 3
+    assert [c.out_channels for c in convs] == [32, 32, 64] and convs[0].stride == (2, 2)
+    assert model.backbone.res2[0].conv1.in_channels == 64
+    # Image pooling: 1x1 conv + norm + ReLU, no bias (mmseg ASPPHead.image_pool).
+    assert head.aspp.pool_conv.norm is not None and head.aspp.pool_conv.bias is None

@@ -183,7 +183,7 @@ def test_rsp_head_num_stages_and_errors():
     head = RSPHead(shapes, in_features=["p2", "p3", "p4", "p5"], channels=8, num_stages=2)
     assert head.pairs == [("p4", "p5"), ("p3", "p4")]
     assert head(feats)["p2"] is feats["p2"]  # below the last stage: unchanged
-    with pytest.raises(ValueError, match="num_stages"):
+    with pytest.raises(ValueError, match="MODEL.RSP.NUM_STAGES"):
         RSPHead(shapes, in_features=["p2", "p3"], num_stages=2)
     with pytest.raises(ValueError, match="strides doubling"):
         RSPHead(shapes, in_features=["p2", "p4"])

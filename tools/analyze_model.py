@@ -3,8 +3,8 @@
 
     python tools/analyze_model.py --config-file configs/Toy/rsp_R_18_toy.yaml \\
         --tasks flop parameter activation structure
-    python tools/analyze_model.py --config-file configs/Cityscapes-SemanticSegmentation/nrd_R_50_80k_bs16.yaml \\
-        --tasks flop parameter --input-size 1024 2048
+    python tools/analyze_model.py --config-file configs/Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml \\
+        --tasks flop parameter --input-size 1024 2048 MODEL.WEIGHTS ""   # random init
 
 With ``--input-size H W`` costs are counted on one synthetic H x W image in inference mode.
 Without it they are averaged over ``-n`` images of the config's first test dataset (the toy
@@ -14,7 +14,9 @@ FLOPs follow fvcore (1 fused multiply-add = 1 flop). The cost is split into back
 (FPN ``backbone.fpn_*``/``top_block`` and RSP ``rsp``), head (``sem_seg_head``,
 ``proposal_generator``, ``roi_heads``) and other (pre/post-processing); see
 ``nrd_rsp/analysis.py``. Operators fvcore cannot count are listed with the modules running them.
-Real-dataset configs are adapted to one process: SyncBN -> BN, URL weights not loaded (logged).
+Real-dataset configs are adapted to one process: SyncBN -> BN, URL weights not loaded (logged);
+a local ``MODEL.WEIGHTS`` file (e.g. the NRD configs' ``pretrained/resnet50_v1c.pkl``) must exist,
+or pass ``MODEL.WEIGHTS ""`` for random initialisation (same FLOPs and parameters).
 """
 import argparse
 import itertools

@@ -2,8 +2,8 @@
 """Inference or training speed and peak memory of any model of the project.
 
     python tools/benchmark.py --config-file configs/Toy/rsp_R_18_toy.yaml --task inference
-    python tools/benchmark.py --config-file configs/Cityscapes-SemanticSegmentation/nrd_R_50_80k_bs16.yaml \\
-        --task train --input-size 512 1024 --batch-size 2 --amp fp16 --device cuda
+    python tools/benchmark.py --config-file configs/Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml \\
+        --task train --input-size 512 1024 --batch-size 2 --amp fp16 --device cuda MODEL.WEIGHTS ""
 
 Inference: ``model(inputs)`` under ``torch.no_grad`` on B synthetic H x W images already on
 the device (full Detectron2 forward incl. pre/post-processing). Training: forward + backward +

@@ -26,6 +26,7 @@ one process: SyncBN becomes BN and weights that cannot be loaded here (URLs) are
 logged.
 """
 import contextlib
+import functools
 import logging
 import os
 import platform
@@ -44,7 +45,7 @@ from detectron2.config import CfgNode
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils import comm
 
-from .engine import ConfigError, Trainer, setup_cfg
+from .engine import ConfigError, Trainer, norm_keys_set_to, setup_cfg
 
 __all__ = [
     "COMPONENTS",
@@ -100,17 +101,6 @@ _WRAPPER_PREFIX = "model."  # TracingAdapter stores the model as ``.model``
 # --------------------------------------------------------------------------------------------
 # Config and model
 # --------------------------------------------------------------------------------------------
-def _sync_norm_keys(node: CfgNode, prefix: str = "") -> List[str]:
-    keys = []
-    for key, value in node.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, CfgNode):
-            keys += _sync_norm_keys(value, full + ".")
-        elif key.endswith("NORM") and isinstance(value, str) and value in _SYNC_NORMS:
-            keys.append(full)
-    return keys
-
-
 def make_single_process(cfg: CfgNode) -> List[str]:
     """Adapt an unfrozen ``cfg`` to a single process without network, in place.
 
@@ -126,13 +116,10 @@ def make_single_process(cfg: CfgNode) -> List[str]:
     """
     changes = []
     if comm.get_world_size() == 1:
-        for key in _sync_norm_keys(cfg):
-            node = cfg
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            changes.append(f"{key}: {node[leaf]} -> BN (single process)")
-            node[leaf] = "BN"
+        for key in norm_keys_set_to(cfg, _SYNC_NORMS):
+            value = functools.reduce(lambda node, part: node[part], key.split("."), cfg)
+            changes.append(f"{key}: {value} -> BN (single process)")
+            cfg.merge_from_list([key, "BN"])
     weights = cfg.MODEL.WEIGHTS
     if weights and "://" in weights:
         changes.append(

@@ -28,12 +28,23 @@ def _add_input_config(cfg):
     # Semantic mapper (nrd_rsp.data.mappers.SemanticSegDatasetMapper).
     # "sem_seg" | "panoptic_fpn" | "" (Detectron2's DatasetMapper).
     cfg.INPUT.DATASET_MAPPER_NAME = ""
-    # Random resize: scale factor drawn uniformly from RESIZE_SCALE_RANGE, applied so that the
-    # image fits into RESIZE_BASE_SIZE (H, W) * scale (mmseg's "ratio_range" of a base size).
+    # Random resize: a ratio r drawn uniformly from RESIZE_SCALE_RANGE; the image is rescaled,
+    # keeping its aspect ratio, to the largest size whose long side is <= r * max(BASE_SIZE) and
+    # short side <= r * min(BASE_SIZE), whatever its orientation (mmseg's keep-ratio
+    # Resize(img_scale, ratio_range)). RESIZE_BASE_SIZE is (H, W) of a landscape image.
     cfg.INPUT.RESIZE_SCALE_RANGE = (0.5, 2.0)
     cfg.INPUT.RESIZE_BASE_SIZE = (1024, 2048)
-    # Photometric distortion (brightness, contrast, saturation jitter) at train time.
+    # Photometric distortion at train time (nrd_rsp.data.mappers.build_photometric_augmentations).
     cfg.INPUT.COLOR_AUG = True
+    # Which photometric distortion COLOR_AUG applies; both give the same result for RGB and BGR
+    # input up to channel order:
+    # "detectron2": brightness, contrast and saturation factors in 0.8-1.2, each with p = 0.5
+    #   (this project's recipe for Semantic FPN / RSP / Panoptic FPN; the default, so those
+    #   configs are unchanged);
+    # "mmseg": mmseg's PhotoMetricDistortion, the NRD authors' choice (set by every NRD config):
+    #   brightness +-32 (additive), contrast 0.5-1.5, saturation 0.5-1.5, hue +-18 (OpenCV hue
+    #   units, 2 degrees each), each with p = 0.5, contrast first or last with p = 0.5.
+    cfg.INPUT.COLOR_AUG_TYPE = "detectron2"
     # Pad train images (with 0) and labels (with the ignore value) to a multiple of this; -1: off.
     cfg.INPUT.SIZE_DIVISIBILITY = -1
 
@@ -101,9 +112,22 @@ def _add_nrd_config(cfg):
     cfg.MODEL.NRD.AUX_CHANNELS = 256
     cfg.MODEL.NRD.AUX_LOSS_WEIGHT = 0.4
     cfg.MODEL.NRD.AUX_DROPOUT = 0.1
+    # Norm of the light ASPP's image-pooling 1x1 conv. "" (default) follows NORM: 1x1 conv +
+    # norm + ReLU, the authors' mmseg ASPPHead.image_pool. "none": 1x1 conv with bias + ReLU and
+    # no norm, as Detectron2's ASPP (BatchNorm on the 1x1 pooled map needs more than one image
+    # per GPU in training; SyncBN does not).
+    cfg.MODEL.NRD.POOLING_NORM = ""
+    # Averaging of the main and auxiliary cross-entropy. False (default, the authors' mmseg 0.10
+    # loss, before its avg_non_ignore option): sum over the valid pixels divided by the number of
+    # all target pixels, ignored ones counting 0. True: mean over the valid pixels only.
+    cfg.MODEL.NRD.LOSS_AVG_NON_IGNORE = False
 
 
 def _add_solver_and_test_config(cfg):
+    # Floor of WarmupPolyLR (nrd_rsp.solver): lr = (base_lr - MIN_LR) (1 - it / max_it)^power
+    # + MIN_LR, times the warm-up factor, as mmcv's PolyLrUpdaterHook(min_lr). 0.0 (default) is
+    # Detectron2's WarmupPolyLR exactly; the NRD configs set the authors' 1e-4.
+    cfg.SOLVER.POLY_LR_MIN_LR = 0.0
     # After evaluation, draw this many predictions of the first test dataset as PNG (0: off).
     cfg.TEST.NUM_VIS_IMAGES = 0
     # Semantic test-time augmentation (multi-scale + flip) uses Detectron2's own
@@ -117,9 +141,10 @@ def _add_reliability_config(cfg):
     cfg.DATALOADER.MAX_SKIPPED_FRACTION = 0.05
     # ... counted only after this many samples (per process), so one early bad file is tolerated.
     cfg.DATALOADER.SKIP_CHECK_MIN_SAMPLES = 100
-    # The training sample stream is a pure function of (SEED, sample position): an exact resume
-    # and identical batches for any NUM_WORKERS. Disables ASPECT_RATIO_GROUPING (worker-timing
-    # dependent). False: aspect-ratio grouping as configured, resume only approximately exact.
+    # The training batches are a pure function of (SEED, iteration, rank): an exact resume and
+    # identical batches for any NUM_WORKERS. ASPECT_RATIO_GROUPING then groups in the sampler,
+    # by the dataset dicts' orientation, before mapping. False: Detectron2's
+    # AspectRatioGroupedDataset (groups in worker arrival order), resume only approximately exact.
     cfg.DATALOADER.DETERMINISTIC = True
     # Stop training (all ranks) before the optimizer step when a loss term is NaN/inf.
     cfg.SOLVER.CHECK_FINITE_LOSS = True

@@ -26,15 +26,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_tes
 from detectron2.data import detection_utils as utils
 from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import (
-    CityscapesSemSegEvaluator,
     COCOEvaluator,
     COCOPanopticEvaluator,
     DatasetEvaluators,
     SemSegEvaluator,
     verify_results,
 )
-from detectron2.projects.deeplab import build_lr_scheduler as build_poly_lr_scheduler
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from .checkpoint import CheckpointError, SafeCheckpointer
@@ -42,7 +41,9 @@ from .config import add_nrd_rsp_config
 from .data.datasets import DatasetNotFoundError, check_dataset_available, configure_toy_datasets_from_cfg
 from .data.mappers import CheckedDatasetMapper, build_test_mapper, build_train_mapper
 from .data.robust import BadSampleError, TooManyBadSamplesError, build_resumable_train_loader, mix_seed
-from .modeling.test_time_augmentation import SemanticSegmentorWithTTA
+from .evaluation import CityscapesScriptsEvaluator
+from .modeling.test_time_augmentation import build_tta_model
+from .solver import build_lr_scheduler as build_poly_lr_scheduler
 
 __all__ = [
     "ConfigError",
@@ -55,6 +56,7 @@ __all__ = [
     "validate_cfg",
     "Trainer",
     "evaluate",
+    "save_eval_results",
     "visualize_predictions",
     "load_model_for_eval",
 ]
@@ -117,10 +119,11 @@ def exit_on_user_error(fn):
     return wrapper
 
 
-def setup_cfg(config_file, opts=(), freeze=True):
+def setup_cfg(config_file, opts=(), freeze=True, quiet=False):
     """Load ``config_file`` on top of Detectron2's and the project's defaults, apply ``opts``
-    (KEY VALUE pairs), fall back to CPU when CUDA is missing, and register the toy datasets with
-    the config's ``DATASETS.TOY`` parameters."""
+    (KEY VALUE pairs), fall back to CPU when CUDA is missing (:func:`adapt_cfg_to_cpu`), and
+    register the toy datasets with the config's ``DATASETS.TOY`` parameters. ``quiet``: no log
+    lines (for a check before the processes that will log them start)."""
     if not config_file:
         raise ConfigError("No config file given: pass --config-file, e.g. configs/Toy/semantic_fpn_R_18_toy.yaml")
     if not os.path.isfile(config_file):
@@ -140,16 +143,120 @@ def setup_cfg(config_file, opts=(), freeze=True):
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError, ValueError) as e:
         raise ConfigError(f"Bad config override {opts}: {e.args[0] if e.args else e}") from e
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning(f"CUDA is not available: MODEL.DEVICE falls back from '{cfg.MODEL.DEVICE}' to 'cpu'.")
-        cfg.MODEL.DEVICE = "cpu"
-    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
-        logger.warning("SOLVER.AMP.ENABLED needs CUDA; training in fp32 on CPU.")
-        cfg.SOLVER.AMP.ENABLED = False
+    adapt_cfg_to_cpu(cfg, log=logger.warning if not quiet else (lambda msg: None))
     configure_toy_datasets_from_cfg(cfg)
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def norm_keys_set_to(node, values, prefix=""):
+    """Full names of the norm keys (``*NORM``) of config ``node`` whose value is in ``values``."""
+    keys = []
+    for k, v in node.items():
+        if hasattr(v, "items"):
+            keys += norm_keys_set_to(v, values, f"{prefix}{k}.")
+        elif k.endswith("NORM") and isinstance(v, str) and v in values:
+            keys.append(prefix + k)
+    return keys
+
+def adapt_cfg_to_cpu(cfg, log=logger.warning):
+    """Without CUDA: ``MODEL.DEVICE`` becomes ``cpu``, AMP is off, every ``SyncBN`` norm becomes
+    Detectron2's ``naiveSyncBN`` (``NaiveSyncBatchNorm`` all-reduces the batch statistics with
+    ``torch.distributed``, which works over Gloo; PyTorch's ``SyncBatchNorm`` needs CUDA), and
+    ``DATALOADER.NUM_WORKERS`` is capped at the cores per process of this machine. Same
+    parameter names, so checkpoints are interchangeable. ``log`` gets one line per change."""
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        log(f"CUDA is not available: MODEL.DEVICE falls back from '{cfg.MODEL.DEVICE}' to 'cpu'.")
+        cfg.MODEL.DEVICE = "cpu"
+    if cfg.MODEL.DEVICE != "cpu":
+        return
+    if cfg.SOLVER.AMP.ENABLED:
+        log("SOLVER.AMP.ENABLED needs CUDA; training in fp32 on CPU.")
+        cfg.SOLVER.AMP.ENABLED = False
+    sync_bn = norm_keys_set_to(cfg, {"SyncBN"})
+    for key in sync_bn:
+        cfg.merge_from_list([key, "naiveSyncBN"])
+    if sync_bn:
+        log(
+            f"On CPU, SyncBN becomes naiveSyncBN (batch statistics all-reduced over Gloo) in "
+            f"{', '.join(sync_bn)}."
+        )
+    procs = comm.get_local_size()
+    cap = max(1, (os.cpu_count() or 1) // procs)
+    if cfg.DATALOADER.NUM_WORKERS > cap:
+        log(
+            f"On CPU, DATALOADER.NUM_WORKERS {cfg.DATALOADER.NUM_WORKERS} -> {cap} per process "
+            f"({os.cpu_count()} cores shared by {procs} process(es)); more workers only compete "
+            "with training for the cores."
+        )
+        cfg.DATALOADER.NUM_WORKERS = cap
+
+
+def _frozen_bn_backbone(cfg):
+    """True if the backbone is a ResNet with frozen norms (FrozenBN), which needs pretrained weights."""
+    return "resnet" in cfg.MODEL.BACKBONE.NAME and cfg.MODEL.RESNETS.NORM == "FrozenBN"
+
+
+WEIGHTS_ROUTES = (
+    "download it on a machine with internet and pass MODEL.WEIGHTS /path/to/file.pkl, or convert "
+    "torchvision ImageNet weights with `python tools/convert-torchvision-to-d2.py` (README, "
+    '"Training on the real datasets")'
+)
+
+
+def _missing_weights_advice(cfg, eval_only):
+    """What to do about a missing ``MODEL.WEIGHTS`` file, for this config's backbone."""
+    if eval_only:
+        return "--eval-only needs the trained checkpoint (e.g. OUTPUT_DIR/model_final.pth)."
+    deep_stem = cfg.MODEL.BACKBONE.NAME == "build_resnet_deeplab_backbone" and (
+        cfg.MODEL.RESNETS.STEM_TYPE == "deeplab"
+    )
+    if deep_stem and cfg.MODEL.RESNETS.STEM_OUT_CHANNELS == 64:
+        return (
+            "This config's ResNetV1c encoder starts from OpenMMLab's ImageNet weights: convert "
+            "open-mmlab://resnet50_v1c (or resnet101_v1c) with `python "
+            f"tools/convert-mmcls-v1c-to-d2.py IN.pth {cfg.MODEL.WEIGHTS}` (docs/NRD.md), or pass "
+            'MODEL.WEIGHTS "" to start from random initialisation.'
+        )
+    if _frozen_bn_backbone(cfg):
+        return f"This config's FrozenBN backbone needs pretrained weights: {WEIGHTS_ROUTES}."
+    return 'Or pass MODEL.WEIGHTS "" to start from random initialisation.'
+
+
+def check_weights(cfg, eval_only=False, resume=False, quiet=False):
+    """``MODEL.WEIGHTS`` at start-up, before any data is loaded: a missing local file or a URL that
+    cannot be fetched (it is fetched now, into Detectron2's cache) is a ``ConfigError``; empty
+    weights with a FrozenBN backbone log that such a backbone cannot train from scratch.
+    Skipped with ``resume`` when ``OUTPUT_DIR`` has a checkpoint to resume from. ``quiet``: no
+    warning."""
+    weights = cfg.MODEL.WEIGHTS
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return
+    if not weights:
+        if _frozen_bn_backbone(cfg) and not (eval_only or quiet):
+            logger.warning(
+                "MODEL.WEIGHTS is empty but MODEL.RESNETS.NORM is FrozenBN: a frozen-norm backbone "
+                "cannot train from scratch (the loss diverges within a few iterations). Give "
+                f"ImageNet weights ({WEIGHTS_ROUTES}), or set MODEL.RESNETS.NORM GN and "
+                "MODEL.BACKBONE.FREEZE_AT 0."
+            )
+        return
+    if "://" not in weights:
+        if not os.path.isfile(weights):
+            raise ConfigError(
+                f"MODEL.WEIGHTS file not found: '{weights}'. Fix the path. "
+                + _missing_weights_advice(cfg, eval_only)
+            )
+        return
+    try:
+        PathManager.get_local_path(weights)
+    except Exception as e:  # URLError, HTTPError, socket errors, ...
+        reason = getattr(e, "reason", None) or e
+        raise ConfigError(
+            f"Cannot fetch MODEL.WEIGHTS '{weights}' ({type(e).__name__}: {reason}). No network? "
+            f"Then {WEIGHTS_ROUTES}."
+        ) from None
 
 
 def _expected_class_counts(cfg, dataset_name):
@@ -193,20 +300,16 @@ def check_output_dir_writable(output_dir):
         )
 
 
-def validate_cfg(cfg, eval_only=False):
+def validate_cfg(cfg, eval_only=False, resume=False, quiet=False):
     """Start-up checks that turn late, deep failures into one clear error.
 
-    Raises ``ConfigError`` for a missing ``MODEL.WEIGHTS`` file, an unwritable ``OUTPUT_DIR`` or
-    a class count that disagrees with the dataset metadata, and ``DatasetNotFoundError`` (from
-    ``nrd_rsp.data.datasets``) for a missing or incomplete dataset directory.
+    Raises ``ConfigError`` for unusable ``MODEL.WEIGHTS`` (:func:`check_weights`), an unwritable
+    ``OUTPUT_DIR`` or a class count that disagrees with the dataset metadata, and
+    ``DatasetNotFoundError`` (from ``nrd_rsp.data.datasets``) for a missing or incomplete
+    dataset directory. ``quiet``: no warnings (for a check before the processes that log them).
     """
     check_output_dir_writable(cfg.OUTPUT_DIR)
-    weights = cfg.MODEL.WEIGHTS
-    if weights and "://" not in weights and not os.path.isfile(weights):
-        raise ConfigError(
-            f"MODEL.WEIGHTS file not found: '{weights}'. Fix the path, or pass MODEL.WEIGHTS \"\" to "
-            "start from random initialisation."
-        )
+    check_weights(cfg, eval_only=eval_only, resume=resume, quiet=quiet)
     names = list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN))
     for name in names:
         if name not in DatasetCatalog.list():
@@ -235,6 +338,20 @@ class _GuardedStepMixin:
     check_finite = True
     skip_totals = (0, 0)  # (skipped, seen) over all ranks, this process's run
     last_losses: dict = {}  # {"iteration", "total_loss", <loss terms>} averaged over ranks
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as e:
+            if isinstance(e, NonFiniteLossError):
+                raise
+            # Detectron2's own divergence checks (e.g. "Predicted boxes or scores contain
+            # Inf/NaN") fire inside the forward pass, on the rank that diverged.
+            raise NonFiniteLossError(
+                f"Training diverged at iteration {self.iter}: {e} Lower SOLVER.BASE_LR, increase "
+                "SOLVER.WARMUP_ITERS or enable SOLVER.CLIP_GRADIENTS (with a FrozenBN backbone, "
+                "start from ImageNet weights), then --resume."
+            ) from e
 
     def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):
         self._guard_step(loss_dict, self.iter if iter is None else iter)
@@ -424,6 +541,19 @@ class Trainer(DefaultTrainer):
         self._configure_loader()
 
     @classmethod
+    def build_model(cls, cfg):
+        """Detectron2's ``build_model``; a value the model's constructors reject (``ValueError``,
+        ``KeyError``, ``AssertionError``) is a ``ConfigError`` naming the config."""
+        try:
+            return super().build_model(cfg)
+        except (ValueError, KeyError, AssertionError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            raise ConfigError(
+                f"The model cannot be built from this config ({cfg.MODEL.META_ARCHITECTURE}, "
+                f"{cfg.MODEL.SEM_SEG_HEAD.NAME}): {msg}"
+            ) from e
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
@@ -433,7 +563,7 @@ class Trainer(DefaultTrainer):
         if evaluator_type in ("sem_seg", "ade20k_sem_seg", "pascal_context_sem_seg"):
             evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
         elif evaluator_type == "cityscapes_sem_seg":
-            evaluators.append(CityscapesSemSegEvaluator(dataset_name))
+            evaluators.append(CityscapesScriptsEvaluator(dataset_name))
             evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
         elif evaluator_type == "coco_panoptic_seg":
             evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
@@ -459,13 +589,16 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
+        """``nrd_rsp.solver``: Detectron2's WarmupPolyLR with ``SOLVER.POLY_LR_MIN_LR``."""
         return build_poly_lr_scheduler(cfg, optimizer)
 
     @classmethod
     def test_with_TTA(cls, cfg, model):
-        """Evaluate ``model`` wrapped in ``SemanticSegmentorWithTTA`` (``TEST.AUG.*``)."""
+        """Evaluate ``model`` with test-time augmentation (``TEST.AUG.*``; semantic branch
+        multi-scale + flip, see ``nrd_rsp.modeling.test_time_augmentation``). Result keys get
+        the suffix ``_TTA``."""
         logger.info("Running inference with test-time augmentation ...")
-        model = SemanticSegmentorWithTTA(cfg, model)
+        model = build_tta_model(cfg, model)
         evaluators = [
             cls.build_evaluator(cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name))
             for name in cfg.DATASETS.TEST
@@ -474,11 +607,22 @@ class Trainer(DefaultTrainer):
         return OrderedDict({k + "_TTA": v for k, v in res.items()})
 
 
-def evaluate(cfg, model):
-    """Evaluate on ``cfg.DATASETS.TEST`` (plus TTA when ``TEST.AUG.ENABLED``); returns the results."""
-    res = Trainer.test(cfg, model)
+def save_eval_results(cfg, res):
+    """Write ``res`` to ``OUTPUT_DIR/eval_results.json`` (main process only)."""
+    if res and comm.is_main_process():
+        with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as f:
+            json.dump(res, f, indent=2)
+
+
+def evaluate(cfg, model, plain_results=None):
+    """Evaluate on ``cfg.DATASETS.TEST`` (unless ``plain_results`` are given), save, then run TTA
+    when ``TEST.AUG.ENABLED`` and save again with its ``*_TTA`` results; returns all results.
+    The plain results are on disk before TTA starts."""
+    res = OrderedDict(plain_results) if plain_results is not None else Trainer.test(cfg, model)
+    save_eval_results(cfg, res)
     if cfg.TEST.AUG.ENABLED:
         res.update(Trainer.test_with_TTA(cfg, model))
+        save_eval_results(cfg, res)
     if comm.is_main_process():
         verify_results(cfg, res)
     return res

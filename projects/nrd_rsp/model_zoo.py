@@ -51,13 +51,14 @@ CHECKPOINT_URLS: Dict[str, str] = {
     "Cityscapes-SemanticSegmentation/semantic_fpn_R_50_90k_bs16": "",
     "Cityscapes-SemanticSegmentation/rsp_R_50_FPN_90k_bs16": "",
     "Cityscapes-SemanticSegmentation/rsp_R_101_FPN_90k_bs16": "",
-    "Cityscapes-SemanticSegmentation/nrd_R_50_80k_bs16": "",
-    "Cityscapes-SemanticSegmentation/nrd_R_101_80k_bs16": "",
+    "Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16": "",
+    "Cityscapes-SemanticSegmentation/nrd_R_101_84k_bs16": "",
+    "Cityscapes-SemanticSegmentation/nrd_R_50_deeplab_stem_84k_bs16": "",
     # ADE20K, PASCAL Context.
     "ADE20K-SemanticSegmentation/semantic_fpn_R_50_160k_bs16": "",
-    "ADE20K-SemanticSegmentation/nrd_R_101_160k_bs16": "",
+    "ADE20K-SemanticSegmentation/nrd_R_101_164k_bs16": "",
     "PascalContext-SemanticSegmentation/semantic_fpn_R_50_80k_bs16": "",
-    "PascalContext-SemanticSegmentation/nrd_R_101_80k_bs16": "",
+    "PascalContext-SemanticSegmentation/nrd_R_101_84k_bs16": "",
     # COCO panoptic segmentation.
     "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x": "",
     "COCO-PanopticSegmentation/rsp_panoptic_fpn_R_50_1x": "",

@@ -1,5 +1,6 @@
 """Shared helpers of the reliability tests: small, fast toy settings and train_net runners."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -55,8 +56,10 @@ def read_losses(out_dir):
 
 
 def error_lines(stderr):
-    """The lines of ``stderr`` that are not Python warnings (``warnings.warn`` noise)."""
+    """The lines of ``stderr`` that are not warnings: Python's (``warnings.warn``), PyTorch's
+    C++ ones (``W1201 12:00:00.000 ...``) and download progress bars (``... B/s]``)."""
     return [
         line for line in stderr.splitlines()
         if line.strip() and "Warning" not in line and not line.startswith("  warnings.warn")
+        and not re.match(r"W\d{4} \d\d:\d\d", line) and not line.rstrip().endswith("B/s]")
     ]

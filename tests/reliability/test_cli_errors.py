@@ -102,6 +102,43 @@ def test_train_net_missing_weights(capsys):
                            "MODEL.WEIGHTS file not found", "/no/such/w.pth")
 
 
+def test_train_net_weights_url_unreachable(capsys, tmp_path, monkeypatch):
+    # Nothing listens on port 9 of the loopback: the fetch fails at once, as without network.
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
+    url = "http://127.0.0.1:9/ImageNetPretrained/MSRA/R-50.pkl"
+    line = _assert_one_line_error(
+        *_train_net(capsys, "--config-file", SEMANTIC_CFG, "MODEL.WEIGHTS", url)[::2],
+        f"Cannot fetch MODEL.WEIGHTS '{url}'", "tools/convert-torchvision-to-d2.py", "MODEL.WEIGHTS /path/to/file.pkl")
+    assert "URLError" in line
+
+
+def test_train_net_missing_weights_advice_fits_frozen_bn(capsys):
+    # A FrozenBN backbone cannot start from random weights: the advice must not suggest it.
+    line = _assert_one_line_error(
+        *_train_net(capsys, "--config-file", SEMANTIC_CFG, "MODEL.RESNETS.NORM", "FrozenBN",
+                    "MODEL.WEIGHTS", "/no/such/w.pth")[::2],
+        "MODEL.WEIGHTS file not found", "FrozenBN backbone needs pretrained weights")
+    assert 'MODEL.WEIGHTS ""' not in line
+
+
+def test_train_net_missing_v1c_weights_names_the_converter(capsys):
+    cfg = os.path.join(ROOT, "configs/Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml")
+    _assert_one_line_error(
+        *_train_net(capsys, "--config-file", cfg, "MODEL.WEIGHTS", "/no/such/resnet50_v1c.pkl")[::2],
+        "MODEL.WEIGHTS file not found", "tools/convert-mmcls-v1c-to-d2.py IN.pth /no/such/resnet50_v1c.pkl")
+
+
+@pytest.mark.parametrize("cfg,key,value", [
+    ("configs/Toy/nrd_R_18_toy.yaml", "MODEL.NRD.PATCH_SIZE", "7"),
+    ("configs/Toy/rsp_R_18_toy.yaml", "MODEL.RSP.WINDOW_SIZE", "4"),
+    ("configs/Toy/rsp_R_18_toy.yaml", "MODEL.RSP.NUM_HEADS", "3"),
+])
+def test_train_net_value_rejected_while_building_the_model(capsys, tmp_path, cfg, key, value):
+    _assert_one_line_error(
+        *_train_net(capsys, "--config-file", cfg, *SMALL_SEMANTIC_OPTS, "OUTPUT_DIR", str(tmp_path), key, value)[::2],
+        "The model cannot be built from this config", key)
+
+
 def test_train_net_class_count_disagrees_with_dataset(capsys):
     _assert_one_line_error(
         *_train_net(capsys, "--config-file", SEMANTIC_CFG, *SMALL_SEMANTIC_OPTS, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5")[::2],

@@ -1,23 +1,30 @@
 """Bad input to the data pipeline: image modes, corrupt/mismatched files (skipped in training with
-one warning, named at test time), the skipped-fraction limit, a deterministic resumable sample
-stream, and a property-based test of both mappers."""
+one warning, named at test time), the skipped-fraction limit, a mapper bug (not skipped), a
+deterministic resumable sample stream with and without aspect-ratio grouping, and a
+property-based test of both mappers."""
 import logging
 import os
+import itertools
 import re
+import traceback
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from detectron2.config import get_cfg
+from detectron2.data import transforms as T
 
 from nrd_rsp import add_nrd_rsp_config
 from nrd_rsp.data.mappers import CheckedDatasetMapper, PanopticFPNDatasetMapper, SemanticSegDatasetMapper
-from nrd_rsp.data.robust import BadSampleError, build_resumable_train_loader
+from nrd_rsp.data.robust import (
+    BadSampleError, GroupedResumableSampler, ResumableTrainingSampler, apply_augmentations_checked,
+    build_resumable_train_loader,
+)
 from nrd_rsp.engine import one_line
 
 from rel_utils import ROOT
@@ -227,6 +234,108 @@ def test_sample_stream_is_a_pure_function_of_position(tmp_path):
     assert [f for b in _stream(other, 3) for f, _, _ in b][:6] != first_epoch
 
 
+class _BuggyMapper:
+    """The semantic mapper with a bug that hits one sample in ten ('s3'): a KeyError."""
+
+    def __init__(self, cfg):
+        self.mapper = _mapper(cfg)
+
+    def __call__(self, d):
+        if d["image_id"] == "s3":
+            return d["sem_seg_label_file"]  # a typo'd key: KeyError
+        return self.mapper(d)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_mapper_bug_stops_training_with_its_traceback(tmp_path, workers):
+    dicts, _ = _dataset(tmp_path, bad=())
+    cfg = _cfg(**{"INPUT.RESIZE_BASE_SIZE": "(24, 30)", "INPUT.CROP.SIZE": "(16, 16)",
+                  "DATALOADER.NUM_WORKERS": str(workers)})
+    loader = build_resumable_train_loader(cfg, _BuggyMapper(cfg), dataset=dicts)
+    it = iter(loader)
+    with pytest.raises(KeyError) as e:
+        for _ in range(5):  # one epoch: 's3' is drawn
+            next(it)
+    if workers:  # re-raised by the DataLoader, with the worker's traceback in the message
+        assert "Traceback" in str(e.value) and "sem_seg_label_file" in str(e.value)
+        assert "in __call__" in str(e.value)
+    else:
+        assert e.value.args == ("sem_seg_label_file",)
+        assert "__call__" in [f.name for f in traceback.extract_tb(e.value.__traceback__)]
+    assert loader.num_skipped == 0 and loader.skipped_files == {}
+
+
+def test_a_resize_to_nothing_is_a_bad_sample_naming_the_file():
+    augs = T.AugmentationList([T.ResizeShortestEdge(48, 128), T.RandomFlip()])
+    image = np.zeros((1, 600, 3), np.uint8)  # scale 128/600: 0.21 rows
+    expected = r"'thin.png' of size \(1, 600\).*\(0, 128\).*too elongated"
+    with pytest.raises(BadSampleError, match=expected):
+        apply_augmentations_checked(augs, T.AugInput(image.copy()), "thin.png")
+    aug_input = T.AugInput(np.zeros((3, 600, 3), np.uint8), sem_seg=np.zeros((3, 600)))
+    tfms = apply_augmentations_checked(augs, aug_input, "ok.png")  # 3 x 600 -> 1 x 128
+    assert aug_input.image.shape == (1, 128, 3) and aug_input.sem_seg.shape == (1, 128)
+    assert [type(t).__name__ for t in tfms.transforms][0] == "ResizeTransform"
+
+
+# Mixed orientations: every third image is portrait. The fake mapper reads no file but draws
+# from the global RNGs, which ResumableMapDataset seeds from (seed, position).
+def _oriented_dicts(n=13):
+    return [{"file_name": f"o{i}.png", "image_id": i, "height": 40 if i % 3 else 60,
+             "width": 60 if i % 3 else 40} for i in range(n)]
+
+
+def _oriented_mapper(d):
+    if d["file_name"] == "o4.png":
+        raise BadSampleError("cannot read image 'o4.png'", "o4.png")
+    return {"file_name": d["file_name"], "width": d["width"], "height": d["height"],
+            "draw": (float(torch.rand(1)), float(np.random.rand()))}
+
+
+def _oriented_stream(cfg, n, start_iter=0, seed=3):
+    loader = build_resumable_train_loader(cfg, _oriented_mapper, dataset=_oriented_dicts())
+    loader.configure(start_iter=start_iter, seed=seed)
+    it = iter(loader)
+    batches = [next(it) for _ in range(n)]
+    return [[(s["file_name"], s["width"] > s["height"], s["draw"]) for s in b] for b in batches]
+
+
+def test_grouped_batches_are_a_pure_function_of_seed_and_iteration():
+    cfg = _cfg(**{"SOLVER.IMS_PER_BATCH": "3", "DATALOADER.ASPECT_RATIO_GROUPING": "True"})
+    full = _oriented_stream(cfg, 12)
+    assert all(len({landscape for _, landscape, _ in b}) == 1 for b in full)  # one orientation each
+    assert {b[0][1] for b in full} == {True, False}
+    assert "o4.png" not in {f for b in full for f, _, _ in b}  # substituted, same orientation
+    # The same with two workers, and resumed at iterations 1, 4 and 7 (some samples of the
+    # batches after them were drawn before them).
+    cfg.DATALOADER.NUM_WORKERS = 2
+    assert _oriented_stream(cfg, 12) == full
+    cfg.DATALOADER.NUM_WORKERS = 0
+    for start in (1, 4, 7):
+        assert _oriented_stream(cfg, 4, start_iter=start) == full[start:start + 4], start
+    assert _oriented_stream(cfg, 3, seed=4) != full[:3]
+    # They are the batches of Detectron2's AspectRatioGroupedDataset (DETERMINISTIC off) when
+    # the samples arrive in stream order (no workers) ...
+    cfg.DATALOADER.DETERMINISTIC = False
+    assert _oriented_stream(cfg, 12) == full
+    # ... and without grouping the batches would mix orientations.
+    cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
+    assert any(len({landscape for _, landscape, _ in b}) == 2 for b in _oriented_stream(cfg, 12))
+
+
+def test_grouped_sampler_shards_positions_by_rank():
+    groups = [i % 3 == 0 for i in range(13)]
+    base = ResumableTrainingSampler(size=13, seed=3)
+    base.rank, base.world_size = 1, 2
+    sampler = GroupedResumableSampler(base=base, group_ids=groups, batch_size=2)
+    batches = list(itertools.islice(sampler.batches(), 20))
+    assert all(p % 2 == 1 for b in batches for p, _ in b)
+    assert all(len({groups[i] for _, i in b}) == 1 for b in batches)
+    positions = sorted(p for b in batches for p, _ in b)
+    assert positions[:10] == list(range(1, 21, 2))  # a bucket waits; no position is lost
+    sampler.start_iter = 7
+    assert list(itertools.islice(sampler, 6)) == [x for b in batches[7:10] for x in b]
+
+
 def test_evaluation_names_a_corrupt_test_image(tmp_path):
     d = _dict(tmp_path)
     bad = _damage(tmp_path, d, "garbage image")
@@ -268,6 +377,7 @@ def _annotations(layout, h, w, rng):
     layout=st.sampled_from(["none", "one", "many", "border"]), corrupt=st.sampled_from([None, None, None] + DAMAGES),
     seed=st.integers(0, 2**16),
 )
+@example(h=1, w=600, mode="RGB", layout="one", corrupt=None, seed=1)  # resized to 0 rows
 def test_mappers_map_or_skip_any_sample(tmp_path, h, w, mode, layout, corrupt, seed):
     rng = np.random.default_rng(seed)
     d = _dict(tmp_path, h=h, w=w, image_mode=mode, name=f"p{seed}", annotations=_annotations(layout, h, w, rng))
@@ -296,5 +406,7 @@ def test_mappers_map_or_skip_any_sample(tmp_path, h, w, mode, layout, corrupt, s
             assert not served_bad and d["file_name"] in loader.skipped_files
         elif max(h, w) <= 50 * min(h, w):  # a valid sample of any size, mode and layout maps ...
             assert loader.num_skipped == 0, loader.skipped_files
-        else:  # ... but resizing a 1 x 600 image may leave no pixel row: skipped, with the reason
+        else:  # ... but resizing a 1 x 600 image may leave no pixel row: a data fault, skipped
             assert set(loader.skipped_files) <= {d["file_name"]}
+            assert all("too elongated for the training resize" in r for r in loader.skipped_files.values())
+            assert (h, w) != (1, 600) or d["file_name"] in loader.skipped_files

@@ -1,16 +1,29 @@
 """End to end with train_net.py: a SIGKILLed run resumes to exactly the losses of an
 uninterrupted one (also across DATALOADER.NUM_WORKERS), --resume skips a corrupt last checkpoint
 and refuses to restart when none is readable, and evaluation gives the same metrics in 1 and 2
-processes and with any number of data loader workers."""
+processes and with any number of data loader workers. In process: an interrupted run with
+aspect-ratio grouping over portrait and landscape images resumes to the same batches and
+losses."""
+import itertools
 import json
 import os
 import signal
 import time
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from rel_utils import SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, check_ok, error_lines, popen, read_losses, run
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import HookBase
+from detectron2.utils.env import seed_all_rng
+
+from nrd_rsp.engine import Trainer, setup_cfg
+
+from rel_utils import (
+    ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, check_ok, error_lines, popen, read_losses, run,
+)
 
 MAX_ITER = 6
 
@@ -106,3 +119,98 @@ def test_evaluation_is_identical_across_processes_and_workers(reference, tmp_pat
         assert res["sem_seg"].keys() == sem.keys()
         for k, v in sem.items():
             assert res["sem_seg"][k] == pytest.approx(v, abs=1e-9), k
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact resume with aspect-ratio grouping over images of both orientations (in process: the
+# dataset is registered here; the SIGKILL path is the test above).
+# ----------------------------------------------------------------------------------------------
+MIXED = "test_mixed_orientation_train"
+
+
+@pytest.fixture(scope="module")
+def mixed_orientation_dataset(tmp_path_factory):
+    """9 images with labels, every third one portrait (64x48), the others landscape (48x64)."""
+    root = tmp_path_factory.mktemp("mixed_orientation")
+    rng = np.random.default_rng(0)
+    dicts = []
+    for i in range(9):
+        h, w = (64, 48) if i % 3 == 0 else (48, 64)
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / f"{i}.png")
+        Image.fromarray(rng.integers(0, 8, (h, w), dtype=np.uint8)).save(root / f"{i}_label.png")
+        dicts.append({"file_name": str(root / f"{i}.png"), "height": h, "width": w, "image_id": i,
+                      "sem_seg_file_name": str(root / f"{i}_label.png")})
+    DatasetCatalog.register(MIXED, lambda: [dict(d) for d in dicts])
+    MetadataCatalog.get(MIXED).set(stuff_classes=[str(c) for c in range(8)], ignore_label=255)
+    yield
+    DatasetCatalog.remove(MIXED)
+    MetadataCatalog.remove(MIXED)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _InterruptAfter(HookBase):
+    """Stop training after ``iteration``, as a kill would (the hooks' after_train still run)."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_step(self):
+        if self.trainer.iter == self.iteration:
+            raise _Interrupted()
+
+
+def _grouped_trainer(out, workers, resume=False):
+    """A semantic toy model on the mixed-orientation images through Detectron2's DatasetMapper
+    (resize keeping the orientation, flip), 2 images per batch, grouped by orientation. Records
+    each batch's image sizes (H, W) in ``trainer.batch_sizes``."""
+    cfg = setup_cfg(os.path.join(ROOT, SEMANTIC_CFG), [
+        *SMALL_SEMANTIC_OPTS, "OUTPUT_DIR", str(out), "DATASETS.TRAIN", f"('{MIXED}',)",
+        "DATASETS.TEST", "()", "INPUT.DATASET_MAPPER_NAME", "", "INPUT.MIN_SIZE_TRAIN", "(48,)",
+        "INPUT.MAX_SIZE_TRAIN", "64",
+        "DATALOADER.ASPECT_RATIO_GROUPING", "True", "DATALOADER.NUM_WORKERS", str(workers),
+        "SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.CHECKPOINT_PERIOD", "3",
+    ])
+    seed_all_rng(cfg.SEED)  # as train_net's default_setup: the same initial weights
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    trainer.batch_sizes = []
+    trainer.model.register_forward_pre_hook(
+        lambda _, args: trainer.batch_sizes.append([tuple(x["image"].shape[1:]) for x in args[0]]))
+    return trainer
+
+
+def _orientations(batch_sizes):
+    return [{w > h for h, w in batch} for batch in batch_sizes]
+
+
+def test_resume_with_aspect_ratio_grouping_reproduces_the_uninterrupted_losses(
+        mixed_orientation_dataset, tmp_path):
+    reference = _grouped_trainer(tmp_path / "reference", workers=2)
+    reference.train()
+    interrupted = _grouped_trainer(tmp_path / "run", workers=0)
+    interrupted.register_hooks([_InterruptAfter(3)])  # the last checkpoint: iteration 2
+    with pytest.raises(_Interrupted):
+        interrupted.train()
+    resumed = _grouped_trainer(tmp_path / "run", workers=0, resume=True)
+    assert resumed.start_iter == 3  # iteration 3 runs a second time
+    # Iteration 3's batch holds a sample of a position before 3 x 2 (it waited in its bucket):
+    # resuming the grouping at position 6 would give other batches.
+    batches = list(itertools.islice(resumed._trainer.data_loader.sampler.batches(), MAX_ITER))
+    assert min(p for p, _ in batches[3]) < 3 * 2
+    resumed.train()
+    # Every batch has one orientation, and both occur.
+    kinds = _orientations(reference.batch_sizes)
+    assert len(kinds) == MAX_ITER and all(len(k) == 1 for k in kinds)
+    assert set().union(*kinds) == {True, False}
+    ref_sizes = reference.batch_sizes
+    assert interrupted.batch_sizes + resumed.batch_sizes == ref_sizes[:4] + ref_sizes[3:]
+    ref, got = read_losses(tmp_path / "reference"), read_losses(tmp_path / "run")
+    assert sorted(ref) == sorted(got) == list(range(MAX_ITER)) and len(got[3]) == 2
+    for it in range(MAX_ITER):
+        for entry in got[it]:
+            assert entry.keys() == ref[it][0].keys()
+            for k, v in entry.items():
+                assert v == pytest.approx(ref[it][0][k], abs=1e-5), (it, k)

@@ -23,6 +23,23 @@ def _trainer(out, *opts):
     return trainer
 
 
+def test_detectron2_divergence_error_becomes_the_non_finite_error(tmp_path):
+    """Detectron2 raises FloatingPointError inside the forward pass ("Predicted boxes or scores
+    contain Inf/NaN"); the trainer reports it as the project's NonFiniteLossError (exit 1)."""
+    trainer = _trainer(tmp_path, "SOLVER.MAX_ITER", "4")
+
+    def diverged(module, inputs, output):
+        if trainer.iter == 1:
+            raise FloatingPointError("Predicted boxes or scores contain Inf/NaN. Training has diverged.")
+
+    trainer.model.register_forward_hook(diverged)
+    with pytest.raises(NonFiniteLossError) as e:
+        trainer.train()
+    msg = str(e.value)
+    assert msg.startswith("Training diverged at iteration 1: Predicted boxes or scores contain Inf/NaN.")
+    assert "SOLVER.BASE_LR" in msg and isinstance(e.value.__cause__, FloatingPointError)
+
+
 def test_nan_loss_stops_before_the_optimizer_step(tmp_path, monkeypatch):
     monkeypatch.setenv(NAN_INJECTION_ENV, "2")
     trainer = _trainer(tmp_path, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2")

@@ -1,25 +1,36 @@
 """Training mappers: dataset dict -> model input.
 
-* ``SemanticSegDatasetMapper``: random resize over a scale range of a base size, absolute crop with
-  a cap on the area of a single category, flip, photometric distortion, padding to a size
-  divisibility. Used for Cityscapes / ADE20K / PASCAL Context / toy semantic data.
+* ``SemanticSegDatasetMapper``: random keep-ratio resize over a scale range of a base size
+  (``RandomResizeKeepRatio``), absolute crop with a cap on the area of a single category, flip,
+  photometric distortion, padding to a size divisibility. Used for Cityscapes / ADE20K /
+  PASCAL Context / toy semantic data.
 * ``PanopticFPNDatasetMapper``: Detectron2's ``DatasetMapper`` (semantic "stuff" PNG + instance
   annotations, the Panoptic FPN format) with optional photometric distortion.
 * ``CheckedDatasetMapper``: Detectron2's ``DatasetMapper`` with checked reading; the test mapper.
 
-All of them read through ``nrd_rsp.data.robust``: an unreadable/corrupt image or label, an image
-whose size differs from the dataset dict's, or a label whose size differs from its image raises
+All of them read and augment through ``nrd_rsp.data.robust``: an unreadable/corrupt image or
+label, an image whose size differs from the dataset dict's, a label whose size differs from its
+image, or an image so elongated that a resize would leave it no pixel row or column raises
 ``BadSampleError`` naming the file (skipped in training by ``ResumableMapDataset``). Grayscale,
 RGBA and palette images are converted by PIL to ``INPUT.FORMAT`` (alpha dropped, palette looked
 up); palette label PNGs give their indices.
 
 ``build_train_mapper(cfg)`` picks one from ``INPUT.DATASET_MAPPER_NAME``.
+
+Photometric distortion (``build_photometric_augmentations``, ``INPUT.COLOR_AUG_TYPE``) gives the
+same result for RGB and BGR input up to channel order: ``FormatAwareSaturation`` weighs the
+channels by luminance in the image's own order (Detectron2's ``RandomSaturation`` assumes RGB),
+and ``PhotoMetricDistortion`` (mmseg's, the NRD authors') converts to HSV from the image's order.
 """
+
 import copy
 import logging
+from typing import Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
 from detectron2.config import configurable
@@ -27,9 +38,19 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from .robust import BadSampleError, check_image_size_or_skip, read_image_checked, read_label_checked
+from .robust import (
+    BadSampleError,
+    apply_augmentations_checked,
+    check_image_size_or_skip,
+    read_image_checked,
+    read_label_checked,
+)
 
 __all__ = [
+    "FormatAwareSaturation",
+    "PhotoMetricDistortion",
+    "PhotoMetricTransform",
+    "RandomResizeKeepRatio",
     "SemanticSegDatasetMapper",
     "CheckedDatasetMapper",
     "PanopticFPNDatasetMapper",
@@ -39,15 +60,221 @@ __all__ = [
 ]
 
 
+# ITU-R BT.601 luma weights of R, G, B (Detectron2's RandomSaturation, PIL's ImageEnhance.Color).
+_LUMA_RGB = (0.299, 0.587, 0.114)
+_HSV_CODES = {
+    "RGB": (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB),
+    "BGR": (cv2.COLOR_BGR2HSV, cv2.COLOR_HSV2BGR),
+}
+
+
+def _check_color_format(image_format: str) -> str:
+    if image_format not in _HSV_CODES:
+        raise ValueError(
+            f"Photometric distortion needs INPUT.FORMAT 'RGB' or 'BGR', got '{image_format}' "
+            "(or set INPUT.COLOR_AUG False)."
+        )
+    return image_format
+
+
+class FormatAwareSaturation(T.Augmentation):
+    """Detectron2's ``RandomSaturation`` for RGB or BGR images.
+
+    Blends the image with its luminance ``Y = 0.299 R + 0.587 G + 0.114 B`` (weights taken in the
+    image's channel order): ``out = w * image + (1 - w) * Y``, ``w ~ U(intensity_min,
+    intensity_max)``. Detectron2's version always weighs channel 0 by 0.299, i.e. takes blue for
+    red on BGR images. Draws the same single random number as Detectron2's.
+    """
+
+    def __init__(self, intensity_min: float, intensity_max: float, *, image_format: str):
+        super().__init__()
+        weights = np.asarray(_LUMA_RGB)
+        if _check_color_format(image_format) == "BGR":
+            weights = weights[::-1].copy()
+        self._init(locals())  # intensity_min, intensity_max, image_format, weights
+
+    def get_transform(self, image):
+        w = np.random.uniform(self.intensity_min, self.intensity_max)
+        luma = image.dot(self.weights)[:, :, np.newaxis]
+        return T.BlendTransform(src_image=luma, src_weight=1 - w, dst_weight=w)
+
+
+def _scale_shift_uint8(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    """``clip(alpha * x + beta, 0, 255)`` in float32, truncated to uint8 (mmseg's ``convert``)."""
+    return np.clip(x.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+class PhotoMetricTransform(T.Transform):
+    """One draw of mmseg's ``PhotoMetricDistortion`` applied to a uint8 RGB/BGR image.
+
+    Steps, each skipped when its parameter is ``None`` (mmseg 0.x
+    ``mmseg/datasets/pipelines/transforms.py``): brightness ``x + beta``; contrast ``alpha x``
+    here if ``contrast_first``; saturation: HSV ``S * s``; hue: HSV ``(H + d) mod 180`` (OpenCV
+    8-bit hue, 2 degrees per unit); contrast here otherwise. Every step clips to [0, 255] and
+    truncates to uint8 as mmseg does. HSV conversions use the image's channel order, so RGB and
+    BGR inputs give the same result up to channel order. Labels and coordinates are unchanged.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_format: str,
+        brightness: Optional[float] = None,
+        contrast: Optional[float] = None,
+        contrast_first: bool = False,
+        saturation: Optional[float] = None,
+        hue: Optional[int] = None,
+    ):
+        super().__init__()
+        _check_color_format(image_format)
+        self._set_attributes(locals())
+
+    def _in_hsv(self, image: np.ndarray, edit) -> np.ndarray:
+        to_hsv, from_hsv = _HSV_CODES[self.image_format]
+        hsv = cv2.cvtColor(np.ascontiguousarray(image), to_hsv)
+        edit(hsv)
+        return cv2.cvtColor(hsv, from_hsv)
+
+    def _scale_saturation(self, hsv: np.ndarray) -> None:
+        hsv[..., 1] = _scale_shift_uint8(hsv[..., 1], alpha=self.saturation)
+
+    def _rotate_hue(self, hsv: np.ndarray) -> None:
+        hsv[..., 0] = (hsv[..., 0].astype(np.int64) + self.hue) % 180
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(
+                f"PhotoMetricTransform needs uint8 HxWx3, got {img.dtype} {img.shape}."
+            )
+        if self.brightness is not None:
+            img = _scale_shift_uint8(img, beta=self.brightness)
+        if self.contrast is not None and self.contrast_first:
+            img = _scale_shift_uint8(img, alpha=self.contrast)
+        if self.saturation is not None:
+            img = self._in_hsv(img, self._scale_saturation)
+        if self.hue is not None:
+            img = self._in_hsv(img, self._rotate_hue)
+        if self.contrast is not None and not self.contrast_first:
+            img = _scale_shift_uint8(img, alpha=self.contrast)
+        return img
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        return coords
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        return segmentation
+
+
+class PhotoMetricDistortion(T.Augmentation):
+    """mmseg's ``PhotoMetricDistortion`` (the NRD authors' training pipeline) as a Detectron2
+    augmentation: draws a :class:`PhotoMetricTransform`.
+
+    Draws from NumPy's global generator in mmseg's order: brightness on/off (p = 0.5) and
+    ``beta ~ U(-brightness_delta, brightness_delta)``; contrast first or last (p = 0.5); then for
+    contrast, saturation and hue in the order they run: on/off (p = 0.5) and
+    ``alpha ~ U(contrast_range)``, ``s ~ U(saturation_range)``, integer
+    ``d ~ U{-hue_delta, ..., hue_delta - 1}`` (``numpy.random.randint``).
+    """
+
+    def __init__(
+        self,
+        *,
+        image_format: str,
+        brightness_delta: float = 32,
+        contrast_range: Tuple[float, float] = (0.5, 1.5),
+        saturation_range: Tuple[float, float] = (0.5, 1.5),
+        hue_delta: int = 18,
+    ):
+        super().__init__()
+        _check_color_format(image_format)
+        self._init(locals())
+
+    @staticmethod
+    def _maybe_uniform(low: float, high: float) -> Optional[float]:
+        return float(np.random.uniform(low, high)) if np.random.randint(2) else None
+
+    def get_transform(self, image):
+        d = self.brightness_delta
+        brightness = self._maybe_uniform(-d, d)
+        contrast_first = bool(np.random.randint(2))
+        contrast = self._maybe_uniform(*self.contrast_range) if contrast_first else None
+        saturation = self._maybe_uniform(*self.saturation_range)
+        hue = None
+        if np.random.randint(2):
+            hue = int(np.random.randint(-self.hue_delta, self.hue_delta))
+        if not contrast_first:
+            contrast = self._maybe_uniform(*self.contrast_range)
+        return PhotoMetricTransform(
+            image_format=self.image_format,
+            brightness=brightness,
+            contrast=contrast,
+            contrast_first=contrast_first,
+            saturation=saturation,
+            hue=hue,
+        )
+
+
+class RandomResizeKeepRatio(T.Augmentation):
+    """Random keep-ratio resize of mmseg's ``Resize(img_scale, ratio_range, keep_ratio=True)``.
+
+    Draws ``r ~ U(min_scale, max_scale)`` and rescales an ``h x w`` image by
+    ``f = r * min(max(base_size) / max(h, w), min(base_size) / min(h, w))`` (``mmcv.rescale_size``
+    of the scale ``r * base_size``): the largest size whose long side is at most
+    ``r * max(base_size)`` and short side at most ``r * min(base_size)``, for portrait and
+    landscape images alike. Output size ``(int(h f + 0.5), int(w f + 0.5))``. mmseg truncates
+    ``r * base_size`` to integers first: its ``f`` is smaller by less than
+    ``1 / (r min(base_size))`` relative (0.4% for ADE20K), a difference of no consequence that
+    keeps the toy data stream of Detectron2's ``ResizeScale`` for landscape images.
+    Detectron2's ``ResizeScale`` fits the image into ``r * (target_height, target_width)``
+    instead, which shrinks portrait images by up to ``min(base_size) / max(base_size)`` more
+    (4x for ADE20K's (512, 2048)).
+    """
+
+    def __init__(
+        self,
+        *,
+        min_scale: float,
+        max_scale: float,
+        base_size: Sequence[int],
+        interp: int = Image.BILINEAR,
+    ):
+        super().__init__()
+        if len(base_size) != 2 or min(base_size) <= 0 or not 0 < min_scale <= max_scale:
+            raise ValueError(
+                f"Bad resize: INPUT.RESIZE_BASE_SIZE {tuple(base_size)} must be two positive "
+                f"sizes and INPUT.RESIZE_SCALE_RANGE ({min_scale}, {max_scale}) 0 < min <= max."
+            )
+        self._init(locals())
+
+    def resize_for(self, size: Tuple[int, int], ratio: float) -> T.ResizeTransform:
+        """The resize of an ``(h, w)`` image for the drawn ratio ``r``."""
+        h, w = size
+        long_side, short_side = max(self.base_size), min(self.base_size)
+        factor = ratio * min(long_side / max(h, w), short_side / min(h, w))
+        out_h, out_w = int(h * factor + 0.5), int(w * factor + 0.5)
+        return T.ResizeTransform(h, w, out_h, out_w, self.interp)
+
+    def get_transform(self, image):
+        ratio = np.random.uniform(self.min_scale, self.max_scale)
+        return self.resize_for(image.shape[:2], ratio)
+
+
 def build_photometric_augmentations(cfg):
-    """Brightness, contrast and saturation jitter (each applied with probability 0.5)."""
+    """Training photometric distortion: none without ``INPUT.COLOR_AUG``; for
+    ``INPUT.COLOR_AUG_TYPE`` "detectron2", brightness, contrast and saturation factors in
+    0.8-1.2, each with p = 0.5; for "mmseg", :class:`PhotoMetricDistortion` (the NRD authors')."""
     if not cfg.INPUT.COLOR_AUG:
         return []
-    return [
-        T.RandomApply(T.RandomBrightness(0.8, 1.2), prob=0.5),
-        T.RandomApply(T.RandomContrast(0.8, 1.2), prob=0.5),
-        T.RandomApply(T.RandomSaturation(0.8, 1.2), prob=0.5),
-    ]
+    kind, fmt = cfg.INPUT.COLOR_AUG_TYPE, cfg.INPUT.FORMAT
+    if kind == "mmseg":
+        return [PhotoMetricDistortion(image_format=fmt)]
+    if kind == "detectron2":
+        return [
+            T.RandomApply(T.RandomBrightness(0.8, 1.2), prob=0.5),
+            T.RandomApply(T.RandomContrast(0.8, 1.2), prob=0.5),
+            T.RandomApply(FormatAwareSaturation(0.8, 1.2, image_format=fmt), prob=0.5),
+        ]
+    raise ValueError(f"Unknown INPUT.COLOR_AUG_TYPE '{kind}'; expected 'detectron2' or 'mmseg'.")
 
 
 def _pad_to_divisibility(image, sem_seg, divisibility, ignore_value):
@@ -70,22 +297,25 @@ class SemanticSegDatasetMapper:
     """
 
     @configurable
-    def __init__(self, is_train=True, *, augmentations, image_format, ignore_label, size_divisibility=-1):
+    def __init__(
+        self, is_train=True, *, augmentations, image_format, ignore_label, size_divisibility=-1
+    ):
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.ignore_label = ignore_label
         self.size_divisibility = size_divisibility
+        mode = "train" if is_train else "test"
         logging.getLogger(__name__).info(
-            f"[SemanticSegDatasetMapper] {'train' if is_train else 'test'} augmentations: {augmentations}"
+            f"[SemanticSegDatasetMapper] {mode} augmentations: {augmentations}"
         )
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
         if is_train:
             lo, hi = cfg.INPUT.RESIZE_SCALE_RANGE
-            base_h, base_w = cfg.INPUT.RESIZE_BASE_SIZE
-            augs = [T.ResizeScale(min_scale=lo, max_scale=hi, target_height=base_h, target_width=base_w)]
+            base = tuple(cfg.INPUT.RESIZE_BASE_SIZE)
+            augs = [RandomResizeKeepRatio(min_scale=lo, max_scale=hi, base_size=base)]
             if cfg.INPUT.CROP.ENABLED:
                 augs.append(
                     T.RandomCrop_CategoryAreaConstraint(
@@ -99,7 +329,9 @@ class SemanticSegDatasetMapper:
             augs.extend(build_photometric_augmentations(cfg))
             size_divisibility = cfg.INPUT.SIZE_DIVISIBILITY
         else:
-            augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+            augs = [
+                T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")
+            ]
             size_divisibility = -1
         return {
             "is_train": is_train,
@@ -119,18 +351,21 @@ class SemanticSegDatasetMapper:
             sem_seg = read_label_checked(label_file, image.shape[:2]).astype("double")
         elif self.is_train:
             raise BadSampleError(
-                f"training sample '{dataset_dict['file_name']}' has no 'sem_seg_file_name'", dataset_dict["file_name"]
+                f"training sample '{dataset_dict['file_name']}' has no 'sem_seg_file_name'",
+                dataset_dict["file_name"],
             )
 
         aug_input = T.AugInput(image, sem_seg=sem_seg)
-        self.augmentations(aug_input)
+        apply_augmentations_checked(self.augmentations, aug_input, dataset_dict["file_name"])
         image, sem_seg = aug_input.image, aug_input.sem_seg
 
         image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if sem_seg is not None:
             sem_seg = torch.as_tensor(sem_seg.astype("long"))
         if self.size_divisibility > 0:
-            image, sem_seg = _pad_to_divisibility(image, sem_seg, self.size_divisibility, self.ignore_label)
+            image, sem_seg = _pad_to_divisibility(
+                image, sem_seg, self.size_divisibility, self.ignore_label
+            )
 
         dataset_dict["image"] = image
         if sem_seg is not None:
@@ -155,7 +390,9 @@ class CheckedDatasetMapper(DatasetMapper):
             sem_seg_gt = read_label_checked(dataset_dict.pop("sem_seg_file_name"), image.shape[:2])
 
         aug_input = T.AugInput(image, sem_seg=sem_seg_gt)
-        transforms = self.augmentations(aug_input)
+        transforms = apply_augmentations_checked(
+            self.augmentations, aug_input, dataset_dict["file_name"]
+        )
         image, sem_seg_gt = aug_input.image, aug_input.sem_seg
 
         image_shape = image.shape[:2]
@@ -163,7 +400,9 @@ class CheckedDatasetMapper(DatasetMapper):
         if sem_seg_gt is not None:
             dataset_dict["sem_seg"] = torch.as_tensor(sem_seg_gt.astype("long"))
         if self.proposal_topk is not None:
-            utils.transform_proposals(dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk)
+            utils.transform_proposals(
+                dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk
+            )
         if not self.is_train:
             dataset_dict.pop("annotations", None)
             return dataset_dict
@@ -173,9 +412,10 @@ class CheckedDatasetMapper(DatasetMapper):
 
 
 class PanopticFPNDatasetMapper(CheckedDatasetMapper):
-    """Detectron2's ``DatasetMapper`` for the Panoptic FPN format (semantic "stuff" PNG where 0 marks
-    thing pixels, plus instance annotations with masks), with photometric distortion on top of its
-    resize/flip/crop augmentations, and checked reading (``CheckedDatasetMapper``)."""
+    """Detectron2's ``DatasetMapper`` for the Panoptic FPN format (semantic "stuff" PNG where 0
+    marks thing pixels, plus instance annotations with masks), with photometric distortion
+    (``build_photometric_augmentations``) on top of its resize/flip/crop augmentations, and
+    checked reading (``CheckedDatasetMapper``)."""
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):

@@ -12,7 +12,20 @@ from detectron2.structures import ImageList
 
 from .rsp import RSPHead
 
-__all__ = ["RSPPanopticFPN"]
+__all__ = ["RSPPanopticFPN", "combine_panoptic"]
+
+
+def combine_panoptic(model: PanopticFPN, instances, sem_seg: torch.Tensor):
+    """Panoptic FPN's combination of ``instances`` (at the output size) with the argmax of
+    ``sem_seg`` ([K, H, W] logits or probabilities), with ``model``'s
+    ``MODEL.PANOPTIC_FPN.COMBINE`` thresholds. Returns ``(panoptic ids [H, W], segments_info)``."""
+    return combine_semantic_and_instance_outputs(
+        instances,
+        sem_seg.argmax(dim=0),
+        model.combine_overlap_thresh,
+        model.combine_stuff_area_thresh,
+        model.combine_instances_score_thresh,
+    )
 
 
 @META_ARCH_REGISTRY.register()
@@ -121,13 +134,7 @@ class RSPPanopticFPN(PanopticFPN):
             width = input_per_image.get("width", image_size[1])
             sem_seg_r = sem_seg_postprocess(sem_seg_result, image_size, height, width)
             detector_r = detector_postprocess(detector_result, height, width)
-            panoptic_r = combine_semantic_and_instance_outputs(
-                detector_r,
-                sem_seg_r.argmax(dim=0),
-                self.combine_overlap_thresh,
-                self.combine_stuff_area_thresh,
-                self.combine_instances_score_thresh,
-            )
+            panoptic_r = combine_panoptic(self, detector_r, sem_seg_r)
             processed_results.append(
                 {"sem_seg": sem_seg_r, "instances": detector_r, "panoptic_seg": panoptic_r}
             )

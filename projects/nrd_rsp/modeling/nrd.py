@@ -87,8 +87,10 @@ class LightASPP(nn.Module):
 
     Branches: a 1x1 conv for dilation 1, a depthwise-separable 3x3 conv (depthwise + norm + ReLU,
     pointwise + norm + ReLU) for every other dilation, and image pooling (global average pooling,
-    1x1 conv + ReLU, broadcast back; no norm on the 1x1 map, as in Detectron2's ASPP). The
-    concatenation goes through a 3x3 conv + norm + ReLU.
+    1x1 conv + norm + ReLU, broadcast back). The concatenation goes through a 3x3 conv + norm +
+    ReLU. The pooling branch's norm is the authors' (mmseg ``ASPPHead.image_pool``: ConvModule
+    with the head's norm); ``pooling_norm="none"`` gives Detectron2's ASPP pooling branch instead
+    (1x1 conv with bias + ReLU, no norm, so a batch of one image trains with BatchNorm).
 
     Unlike :class:`detectron2.layers.ASPP` (exactly three dilations after a fixed 1x1 branch,
     1x1 output projection), the number of dilations is free and the fusion is 3x3.
@@ -103,11 +105,24 @@ class LightASPP(nn.Module):
         dilations: Sequence[int],
         *,
         norm: Union[str, Callable],
+        pooling_norm: Union[str, Callable, None] = None,
     ):
+        """
+        Args:
+            in_channels, out_channels: ``C_in`` and ``C_out``.
+            dilations: one branch per dilation (1: a 1x1 conv).
+            norm: norm of every conv (see ``get_norm``).
+            pooling_norm: norm of the image-pooling 1x1 conv; ``None`` uses ``norm``, "none"
+                (or "") none, with a bias instead.
+        """
         super().__init__()
         if not dilations:
             raise ValueError("LightASPP needs at least one dilation.")
         use_bias = norm == ""
+        if pooling_norm is None:
+            pooling_norm = norm
+        if pooling_norm == "none":
+            pooling_norm = ""
         self.branches = nn.ModuleList()
         for d in dilations:
             if d == 1:
@@ -134,7 +149,12 @@ class LightASPP(nn.Module):
                 )
             self.branches.append(conv)
         self.pool_conv = Conv2d(
-            in_channels, out_channels, kernel_size=1, bias=True, activation=F.relu
+            in_channels,
+            out_channels,
+            kernel_size=1,
+            bias=pooling_norm == "",
+            norm=get_norm(pooling_norm, out_channels),
+            activation=F.relu,
         )
         weight_init.c2_xavier_fill(self.pool_conv)
         self.project = Conv2d(
@@ -199,6 +219,75 @@ class DynamicMLP(nn.Module):
         return x
 
 
+def _check_input_shape(input_shape: Dict[str, ShapeSpec], names: Sequence[str], patch_size: int):
+    """Every named feature ("" skipped) exists, and ``patch_size`` divides the stride of the
+    first (the controller feature)."""
+    for name in filter(None, names):
+        if name not in input_shape:
+            raise KeyError(
+                f"NRDHead needs feature '{name}' (MODEL.NRD.*_IN_FEATURE), the backbone "
+                f"gives {sorted(input_shape)}."
+            )
+    if patch_size < 1:
+        raise ValueError(f"MODEL.NRD.PATCH_SIZE must be positive, got {patch_size}.")
+    stride = input_shape[names[0]].stride
+    if stride % patch_size:
+        raise ValueError(
+            f"MODEL.NRD.PATCH_SIZE {patch_size} does not divide the controller stride "
+            f"{stride}: the patches would not tile an integer-stride grid."
+        )
+
+
+def _conv3x3_norm_relu(in_channels: int, out_channels: int, norm) -> Conv2d:
+    """3x3 conv (bias only without a norm) + norm + ReLU."""
+    return Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        padding=1,
+        bias=norm == "",
+        norm=get_norm(norm, out_channels),
+        activation=F.relu,
+    )
+
+
+def _controller(in_channels: int, channels: int, num_params: int, norm, scale_init: bool):
+    """Step 2: 3x3 conv + norm + ReLU, 1x1 conv to the ``P`` dynamic parameters
+    (``[N, A, h, w] -> [N, P, h, w]``). The 1x1 conv is Xavier-normal, divided by ``P`` with
+    ``scale_init`` (the authors' init: tiny initial dynamic weights), with zero bias."""
+    conv = _conv3x3_norm_relu(in_channels, channels, norm)
+    weight_init.c2_xavier_fill(conv)
+    out = Conv2d(channels, num_params, kernel_size=1)
+    nn.init.xavier_normal_(out.weight)
+    if scale_init:
+        with torch.no_grad():
+            out.weight.div_(num_params)
+    nn.init.constant_(out.bias, 0)
+    return nn.Sequential(conv, out)
+
+
+def _guidance(in_channels: int, proj_channels: int, out_channels: int, norm):
+    """Step 3: 3x3 conv + norm + ReLU, 1x1 conv (Xavier-normal, zero bias) to the ``G``
+    guidance channels (``[N, C2, H/4, W/4] -> [N, G, H/4, W/4]``)."""
+    conv = _conv3x3_norm_relu(in_channels, proj_channels, norm)
+    weight_init.c2_xavier_fill(conv)
+    out = Conv2d(proj_channels, out_channels, kernel_size=1)
+    nn.init.xavier_normal_(out.weight)
+    nn.init.constant_(out.bias, 0)
+    return nn.Sequential(conv, out)
+
+
+def _aux_head(in_channels: int, channels: int, num_classes: int, norm, dropout: float):
+    """Auxiliary FCN head (mmseg ``FCNHead``, one conv): 3x3 conv + norm + ReLU, Dropout2d,
+    1x1 classifier (normal std 0.01, zero bias); ``[N, C4, h4, w4] -> [N, K, h4, w4]``."""
+    conv = _conv3x3_norm_relu(in_channels, channels, norm)
+    weight_init.c2_msra_fill(conv)
+    cls = Conv2d(channels, num_classes, kernel_size=1)
+    nn.init.normal_(cls.weight, std=0.01)
+    nn.init.constant_(cls.bias, 0)
+    return nn.Sequential(conv, nn.Dropout2d(dropout), cls)
+
+
 @SEM_SEG_HEADS_REGISTRY.register()
 class NRDHead(nn.Module):
     """Semantic head of NRD (Zhang et al., NeurIPS 2021).
@@ -221,12 +310,45 @@ class NRDHead(nn.Module):
     Training adds cross-entropy at input resolution (``loss_sem_seg``, times ``loss_weight``)
     and, if ``aux_in_feature`` is set, an FCN head on that feature (3x3 conv + norm + ReLU,
     dropout, 1x1 classifier) with cross-entropy times ``aux_loss_weight``
-    (``loss_sem_seg_aux``). The auxiliary head never runs in eval mode.
+    (``loss_sem_seg_aux``). The auxiliary head never runs in eval mode. Each loss resizes its
+    logits to their own padded size (feature size x feature stride: ``h s`` for the main logits,
+    ``16 h_4`` for stride-16 auxiliary logits) and crops the top-left target-sized window, so
+    both stay aligned with the labels when the input is not a multiple of 32. Both losses average
+    over all target pixels, ignored ones counting 0 (mmseg 0.10, the authors' code), or over the
+    valid pixels with ``avg_non_ignore``.
 
     ``forward(features, targets)`` follows :class:`detectron2.modeling.SemSegFPNHead`:
     training returns ``(None, losses)``, inference ``(logits [N, K, h s, w s], {})``. Targets
     ``[N, H, W]`` may be smaller than ``h s x w s`` (inputs not padded to a multiple of ``s``):
     the logits are then cropped at the bottom/right, the way ``sem_seg_postprocess`` crops them.
+
+    Constructor arguments (keyword-only after ``input_shape``):
+        input_shape: shapes of the available features (at least the controller and guidance
+            features, and the auxiliary one if used).
+        num_classes: K, the MLP output width.
+        controller_in_feature: coarsest feature (res5 / p5), input of the light ASPP.
+        guidance_in_feature: fine feature (res2 / p2) for the guidance branch.
+        aux_in_feature: feature of the auxiliary FCN head (res4); "" disables it.
+        aspp_channels, aspp_dilations: light ASPP width and dilations (1 means a 1x1 branch).
+        controller_channels: width of the controller's 3x3 conv.
+        hidden_channels: H, width of the two hidden MLP layers.
+        guidance_channels: G, guidance channels fed to the MLP.
+        guidance_proj_channels: width of the guidance branch's 3x3 conv.
+        patch_size: r; each controller location decodes an r x r patch (output stride s/r).
+        fourier_features: F; if > 0, add F sin/cos frequencies per coordinate to the MLP input.
+        scale_controller_init: divide the Xavier-normal init of the controller's last conv by
+            P (the authors' init). Without it the dynamic MLPs start at a normal scale, which
+            trains much faster on short schedules (the toy configs).
+        norm: normalisation of every conv of the head (see ``get_norm``).
+        input_norm: normalisation of the MLP input (coordinates + guidance; BN / SyncBN in the
+            paper); ``None`` or ``""`` uses ``norm``.
+        aux_channels, aux_loss_weight, aux_dropout: auxiliary FCN head.
+        pooling_norm: norm of the light ASPP's image-pooling conv; ``None`` or ``""`` uses
+            ``norm`` (authors), "none" removes it (conv with bias, Detectron2's ASPP).
+        avg_non_ignore: average both cross-entropies over the valid pixels only; False (the
+            authors' mmseg 0.10 loss) divides their sum by the number of all target pixels.
+        loss_weight: weight of the main cross-entropy.
+        ignore_value: label ignored by the losses.
     """
 
     @configurable
@@ -252,54 +374,23 @@ class NRDHead(nn.Module):
         aux_channels: int = 256,
         aux_loss_weight: float = 0.4,
         aux_dropout: float = 0.1,
+        pooling_norm: Union[str, Callable, None] = None,
+        avg_non_ignore: bool = False,
         loss_weight: float = 1.0,
         ignore_value: int = -1,
     ):
-        """
-        Args:
-            input_shape: shapes of the available features (at least the controller and guidance
-                features, and the auxiliary one if used).
-            num_classes: K, the MLP output width.
-            controller_in_feature: coarsest feature (res5 / p5), input of the light ASPP.
-            guidance_in_feature: fine feature (res2 / p2) for the guidance branch.
-            aux_in_feature: feature of the auxiliary FCN head (res4); "" disables it.
-            aspp_channels, aspp_dilations: light ASPP width and dilations (1 means a 1x1 branch).
-            controller_channels: width of the controller's 3x3 conv.
-            hidden_channels: H, width of the two hidden MLP layers.
-            guidance_channels: G, guidance channels fed to the MLP.
-            guidance_proj_channels: width of the guidance branch's 3x3 conv.
-            patch_size: r; each controller location decodes an r x r patch (output stride s/r).
-            fourier_features: F; if > 0, add F sin/cos frequencies per coordinate to the MLP input.
-            scale_controller_init: divide the Xavier-normal init of the controller's last conv by
-                P (the authors' init). Without it the dynamic MLPs start at a normal scale, which
-                trains much faster on short schedules (the toy configs).
-            norm: normalisation of every conv of the head (see ``get_norm``).
-            input_norm: normalisation of the MLP input (coordinates + guidance; BN / SyncBN in the
-                paper); ``None`` or ``""`` uses ``norm``.
-            aux_channels, aux_loss_weight, aux_dropout: auxiliary FCN head.
-            loss_weight: weight of the main cross-entropy.
-            ignore_value: label ignored by the losses.
-        """
+        """Keyword arguments: see the class docstring (``from_config`` reads ``MODEL.NRD.*``)."""
         super().__init__()
-        needed = [controller_in_feature, guidance_in_feature]
-        needed += [aux_in_feature] if aux_in_feature else []
-        for name in needed:
-            if name not in input_shape:
-                raise KeyError(
-                    f"NRDHead needs feature '{name}', the backbone gives {sorted(input_shape)}."
-                )
-        if patch_size < 1:
-            raise ValueError(f"patch_size must be positive, got {patch_size}.")
+        _check_input_shape(
+            input_shape, [controller_in_feature, guidance_in_feature, aux_in_feature], patch_size
+        )
         ctrl_shape = input_shape[controller_in_feature]
         guide_shape = input_shape[guidance_in_feature]
-        if ctrl_shape.stride % patch_size:
-            raise ValueError(
-                f"The controller stride {ctrl_shape.stride} is not divisible by patch_size "
-                f"{patch_size}: the patches would not tile an integer-stride grid."
-            )
         self.controller_in_feature = controller_in_feature
         self.guidance_in_feature = guidance_in_feature
         self.aux_in_feature = aux_in_feature
+        self.aux_stride = input_shape[aux_in_feature].stride if aux_in_feature else None
+        self.avg_non_ignore = avg_non_ignore
         self.controller_stride = ctrl_shape.stride
         self.guidance_stride = guide_shape.stride
         self.patch_size = patch_size
@@ -308,68 +399,32 @@ class NRDHead(nn.Module):
         self.loss_weight = loss_weight
         self.aux_loss_weight = aux_loss_weight
         self.ignore_value = ignore_value
-        use_bias = norm == ""
 
         # 1-2: context and controller
-        self.aspp = LightASPP(ctrl_shape.channels, aspp_channels, aspp_dilations, norm=norm)
+        self.aspp = LightASPP(
+            ctrl_shape.channels,
+            aspp_channels,
+            aspp_dilations,
+            norm=norm,
+            pooling_norm=pooling_norm or None,
+        )
         coords = relative_coordinates(patch_size, fourier_features)
         self.register_buffer("coords", coords, persistent=False)  # [C_coord, r, r]
         mlp_in = coords.shape[0] + guidance_channels
         self.mlp = DynamicMLP([mlp_in, hidden_channels, hidden_channels, num_classes])
-        ctrl_conv = Conv2d(
-            aspp_channels,
-            controller_channels,
-            kernel_size=3,
-            padding=1,
-            bias=use_bias,
-            norm=get_norm(norm, controller_channels),
-            activation=F.relu,
+        self.controller = _controller(
+            aspp_channels, controller_channels, self.mlp.num_params, norm, scale_controller_init
         )
-        weight_init.c2_xavier_fill(ctrl_conv)
-        ctrl_out = Conv2d(controller_channels, self.mlp.num_params, kernel_size=1)
-        # Xavier-normal scaled by 1/P keeps the initial dynamic weights small (authors' init).
-        nn.init.xavier_normal_(ctrl_out.weight)
-        if scale_controller_init:
-            with torch.no_grad():
-                ctrl_out.weight.div_(self.mlp.num_params)
-        nn.init.constant_(ctrl_out.bias, 0)
-        self.controller = nn.Sequential(ctrl_conv, ctrl_out)
-
         # 3-4: guidance and MLP input normalisation
-        guide_conv = Conv2d(
-            guide_shape.channels,
-            guidance_proj_channels,
-            kernel_size=3,
-            padding=1,
-            bias=use_bias,
-            norm=get_norm(norm, guidance_proj_channels),
-            activation=F.relu,
+        self.guidance = _guidance(
+            guide_shape.channels, guidance_proj_channels, guidance_channels, norm
         )
-        weight_init.c2_xavier_fill(guide_conv)
-        guide_out = Conv2d(guidance_proj_channels, guidance_channels, kernel_size=1)
-        nn.init.xavier_normal_(guide_out.weight)
-        nn.init.constant_(guide_out.bias, 0)
-        self.guidance = nn.Sequential(guide_conv, guide_out)
         self.input_norm = get_norm(input_norm or norm, mlp_in)
-
         # auxiliary FCN head (training only)
+        self.aux_head = None
         if aux_in_feature:
-            aux_conv = Conv2d(
-                input_shape[aux_in_feature].channels,
-                aux_channels,
-                kernel_size=3,
-                padding=1,
-                bias=use_bias,
-                norm=get_norm(norm, aux_channels),
-                activation=F.relu,
-            )
-            weight_init.c2_msra_fill(aux_conv)
-            aux_cls = Conv2d(aux_channels, num_classes, kernel_size=1)
-            nn.init.normal_(aux_cls.weight, std=0.01)
-            nn.init.constant_(aux_cls.bias, 0)
-            self.aux_head = nn.Sequential(aux_conv, nn.Dropout2d(aux_dropout), aux_cls)
-        else:
-            self.aux_head = None
+            aux_in = input_shape[aux_in_feature].channels
+            self.aux_head = _aux_head(aux_in, aux_channels, num_classes, norm, aux_dropout)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -394,6 +449,8 @@ class NRDHead(nn.Module):
             "aux_channels": nrd.AUX_CHANNELS,
             "aux_loss_weight": nrd.AUX_LOSS_WEIGHT,
             "aux_dropout": nrd.AUX_DROPOUT,
+            "pooling_norm": nrd.POOLING_NORM,
+            "avg_non_ignore": nrd.LOSS_AVG_NON_IGNORE,
             "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
         }
@@ -417,7 +474,7 @@ class NRDHead(nn.Module):
             aux_logits = None
             if self.aux_head is not None:
                 aux_logits = self.aux_head(features[self.aux_in_feature])
-            return None, self.losses(logits, aux_logits, targets, padded_size)
+            return None, self.losses(logits, aux_logits, targets)
         return self._resize(logits, padded_size), {}
 
     def dynamic_params(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -481,20 +538,32 @@ class NRDHead(nn.Module):
             return x
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
-    def _loss(self, logits, targets, padded_size):
-        logits = self._resize(logits.float(), padded_size)
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor, stride: int) -> torch.Tensor:
+        """Cross-entropy of ``logits [N, K, h', w']`` at ``stride`` against ``targets [N, H, W]``.
+
+        The logits are bilinearly resized to ``stride x`` their size (the padded input they
+        cover) and the top-left ``H x W`` is kept: pixel ``y`` of the targets always meets the
+        logits of feature row ``y / stride``, whatever the other features' strides.
+        """
+        padded_size = (logits.shape[-2] * stride, logits.shape[-1] * stride)
         th, tw = targets.shape[-2:]
         if th > padded_size[0] or tw > padded_size[1]:
             raise ValueError(
                 f"Targets of size {(th, tw)} are larger than the decoded size {padded_size}."
             )
-        logits = logits[..., :th, :tw]
-        return F.cross_entropy(logits, targets, reduction="mean", ignore_index=self.ignore_value)
+        logits = self._resize(logits.float(), padded_size)[..., :th, :tw]
+        if self.avg_non_ignore:
+            return F.cross_entropy(logits, targets, ignore_index=self.ignore_value)
+        # mmseg 0.10: ignored pixels contribute 0 and still count in the mean.
+        total = F.cross_entropy(logits, targets, reduction="sum", ignore_index=self.ignore_value)
+        return total / max(targets.numel(), 1)
 
-    def losses(self, logits, aux_logits, targets, padded_size):
-        losses = {"loss_sem_seg": self._loss(logits, targets, padded_size) * self.loss_weight}
+    def losses(self, logits, aux_logits, targets):
+        """``loss_sem_seg`` (logits at the output stride) and, with ``aux_logits`` (at the
+        auxiliary feature's stride), ``loss_sem_seg_aux``, each times its weight."""
+        main = self._loss(logits, targets, self.output_stride)
+        losses = {"loss_sem_seg": main * self.loss_weight}
         if aux_logits is not None:
-            losses["loss_sem_seg_aux"] = (
-                self._loss(aux_logits, targets, padded_size) * self.aux_loss_weight
-            )
+            aux = self._loss(aux_logits, targets, self.aux_stride)
+            losses["loss_sem_seg_aux"] = aux * self.aux_loss_weight
         return losses

@@ -85,9 +85,9 @@ class RSE(nn.Module):
         """
         super().__init__()
         if channels % num_heads:
-            raise ValueError(f"RSE: channels={channels} not divisible by num_heads={num_heads}")
+            raise ValueError(f"MODEL.RSP.CHANNELS {channels} is not divisible by MODEL.RSP.NUM_HEADS {num_heads}")
         if window_size < 1 or window_size % 2 == 0:
-            raise ValueError(f"RSE: window_size must be odd and positive, got {window_size}")
+            raise ValueError(f"MODEL.RSP.WINDOW_SIZE must be odd and positive, got {window_size}")
         self.channels = channels
         self.num_heads = num_heads
         self.head_dim = channels // num_heads
@@ -234,11 +234,11 @@ class RSPHead(nn.Module):
         in_features = sorted(in_features, key=lambda f: input_shape[f].stride)
         strides = [input_shape[f].stride for f in in_features]
         if len(in_features) < 2 or any(b != 2 * a for a, b in zip(strides, strides[1:])):
-            raise ValueError(f"RSPHead needs >= 2 levels with strides doubling, got {in_features}")
+            raise ValueError(f"MODEL.RSP.IN_FEATURES needs >= 2 levels with strides doubling, got {in_features}")
         if num_stages is None:
             num_stages = len(in_features) - 1
         if not 1 <= num_stages <= len(in_features) - 1:
-            raise ValueError(f"RSPHead: num_stages={num_stages} with {len(in_features)} levels")
+            raise ValueError(f"MODEL.RSP.NUM_STAGES {num_stages} does not fit {len(in_features)} levels")
         self.input_shape = dict(input_shape)
         self.in_features = in_features
         # (fine, coarse) pairs in execution order, coarsest first.
