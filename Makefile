@@ -5,7 +5,7 @@
 #                              then install your own build into .venv, e.g.
 #                              .venv/bin/pip install --no-build-isolation -e /path/to/detectron2
 #   make quickstart            train + evaluate the toy model on CPU (GPU if there is one)
-#   make test                  the whole test suite
+#   make test                  formatting and lint (ruff, 100 columns), then the whole test suite
 PYTHON ?= python3.10
 VENV ?= .venv
 D2 ?= pypi
@@ -43,6 +43,8 @@ quickstart: $(STAMP)
 	$(PY) train_net.py --config-file $(QUICKSTART_CONFIG)
 
 test: $(STAMP)
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 clean:

@@ -13,36 +13,36 @@ NCCL on GPUs, Gloo on CPU, where ``--num-gpus N`` starts N CPU processes).
 Errors a user can fix (bad arguments, config, paths, checkpoints) print one ``ERROR:`` line and
 exit with status 2; faults during a run (non-finite loss, too many bad samples) exit with 1.
 """
-import json
+
 import logging
 import os
 import sys
 
 import torch
-from torch.multiprocessing import ProcessExitedException
-
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from torch.multiprocessing import ProcessExitedException
 
 import nrd_rsp  # noqa: F401  (registers datasets, heads and meta-architectures)
-from nrd_rsp.engine import (
-    RUNTIME_ERRORS,
-    USER_ERRORS,
-    Trainer,
-    error_exit_code,
-    evaluate,
-    exit_on_user_error,
-    load_model_for_eval,
+from nrd_rsp.engine import Trainer, evaluate, load_model_for_eval, setup_cfg, validate_cfg
+from nrd_rsp.errors import (
+    NrdRspError,
+    OneLineArgumentParser,
+    UserError,
+    exit_code,
+    exit_on_error,
     report_error,
-    setup_cfg,
-    validate_cfg,
-    visualize_predictions,
 )
+from nrd_rsp.predictor import visualize_predictions
 
 
 def setup(args):
-    if comm.get_world_size() > 1 and not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+    if (
+        comm.get_world_size() > 1
+        and not torch.cuda.is_available()
+        and "OMP_NUM_THREADS" not in os.environ
+    ):
         # N CPU processes share the machine's cores; more threads than cores only spin.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
     cfg = setup_cfg(args.config_file, args.opts)
@@ -79,31 +79,28 @@ def worker_main(args):
     are printed by the main process only; others by the rank that hit them."""
     try:
         return main(args)
-    except USER_ERRORS + RUNTIME_ERRORS as e:
-        if comm.is_main_process() or not (isinstance(e, USER_ERRORS) or getattr(e, "all_ranks", False)):
+    except NrdRspError as e:
+        same_on_all_ranks = isinstance(e, UserError) or getattr(e, "all_ranks", False)
+        if comm.is_main_process() or not same_on_all_ranks:
             if not comm.is_main_process():
                 print(f"[rank {comm.get_rank()}]", end=" ", file=sys.stderr)
             report_error(e)
-        sys.exit(error_exit_code(e))
+        sys.exit(exit_code(e))
 
 
 def build_parser():
     """Detectron2's ``default_argument_parser`` whose usage errors are one line."""
-    parser = default_argument_parser()
-
-    def error(message):
-        parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
-
-    parser.error = error
-    return parser
+    return OneLineArgumentParser.adopt(default_argument_parser())
 
 
-@exit_on_user_error
+@exit_on_error
 def cli(argv=None):
     args = build_parser().parse_args(argv)
     # Fail fast, before spawning workers, on a wrong config / path / class count.
     validate_cfg(
-        setup_cfg(args.config_file, args.opts, quiet=True), eval_only=args.eval_only, resume=args.resume,
+        setup_cfg(args.config_file, args.opts, quiet=True),
+        eval_only=args.eval_only,
+        resume=args.resume,
         quiet=True,
     )
     print("Command Line Args:", args)

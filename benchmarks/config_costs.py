@@ -2,7 +2,8 @@
 """FLOPs and parameters of every shipped real-dataset config: the README "Configs" table.
 
     python benchmarks/config_costs.py                       # all configs, 1024x2048
-    python benchmarks/config_costs.py --configs Cityscapes-SemanticSegmentation/rsp_R_50_FPN_90k_bs16.yaml \\
+    python benchmarks/config_costs.py \\
+        --configs Cityscapes-SemanticSegmentation/rsp_R_50_FPN_90k_bs16.yaml \\
         --output-dir /tmp/costs
 
 Every leaf config (``Base-*`` excluded) under ``configs/{Cityscapes-SemanticSegmentation,
@@ -11,7 +12,7 @@ built as ``tools/analyze_model.py`` builds it (``nrd_rsp.analysis.setup`` / ``bu
 SyncBN -> BN, one process, CPU) with ``MODEL.WEIGHTS ""`` (random initialisation, seed 0) and
 counted on one synthetic inference input of ``--input-size`` (default 1024x2048; the image of
 ``nrd_rsp.analysis.synthetic_inference_inputs``, seed 0), in eval mode, with the definitions of
-``projects/nrd_rsp/analysis.py``:
+``projects/nrd_rsp/analysis/`` (``cost.py``):
 
 * **GFLOPs total**: fvcore count of the whole inference forward (one fused multiply-add = one
   flop), pre/post-processing included;
@@ -27,6 +28,7 @@ Writes ``config_costs.json`` (every count) and ``config_costs.md`` (the README t
 command line and date) to ``--output-dir`` (default ``benchmarks/results``);
 ``tests/test_config_costs.py`` checks that README's table equals the JSON.
 """
+
 import argparse
 import datetime
 import json
@@ -62,11 +64,19 @@ logger = logging.getLogger("nrd_rsp.benchmarks.config_costs")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", nargs="+", metavar="GROUP/NAME.yaml",
-                   help="configs relative to configs/ (default: every leaf config of the groups above)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        metavar="GROUP/NAME.yaml",
+        help="configs relative to configs/ (default: every leaf config of the groups above)",
+    )
     p.add_argument("--input-size", nargs=2, type=int, default=[1024, 2048], metavar=("H", "W"))
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's default)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's default)"
+    )
     p.add_argument("--output-dir", default=os.path.join(ROOT, "benchmarks", "results"))
     return p.parse_args(argv)
 
@@ -76,7 +86,11 @@ def list_configs():
     found = []
     for group in GROUPS:
         d = os.path.join(CONFIGS_DIR, group)
-        found += [f"{group}/{f}" for f in sorted(os.listdir(d)) if f.endswith(".yaml") and not f.startswith("Base-")]
+        found += [
+            f"{group}/{f}"
+            for f in sorted(os.listdir(d))
+            if f.endswith(".yaml") and not f.startswith("Base-")
+        ]
     return found
 
 
@@ -88,13 +102,19 @@ def model_label(cfg):
         return "Panoptic FPN (baseline)"
     if meta == "RSPPanopticFPN":
         return "RSP Panoptic FPN + NRD semantic branch" if head == "NRDHead" else "RSP Panoptic FPN"
-    label = {"SemSegFPNHead": "Semantic FPN (baseline)", "RSPSemSegHead": "RSP", "NRDHead": "NRD"}.get(head, head)
+    label = {
+        "SemSegFPNHead": "Semantic FPN (baseline)",
+        "RSPSemSegHead": "RSP",
+        "NRDHead": "NRD",
+    }.get(head, head)
     extras = []
     r = cfg.MODEL.RESNETS
     if head == "NRDHead" and r.STEM_TYPE == "deeplab" and r.STEM_OUT_CHANNELS != 64:
         # NRD's default encoder is ResNetV1c (stem 32/32/64); name any other stem.
         c = r.STEM_OUT_CHANNELS
-        extras.append(f"DeepLab stem {c // 2}/{c // 2}/{c}" if c == 128 else f"stem {c // 2}/{c // 2}/{c}")
+        extras.append(
+            f"DeepLab stem {c // 2}/{c // 2}/{c}" if c == 128 else f"stem {c // 2}/{c // 2}/{c}"
+        )
     k = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     if k != DEFAULT_SEM_CLASSES:
         extras.append(f"{k} classes")
@@ -102,7 +122,9 @@ def model_label(cfg):
 
 
 def _family(label):
-    for i, name in sorted(enumerate(FAMILY_ORDER), key=lambda t: -len(t[1])):  # longest prefix first
+    for i, name in sorted(
+        enumerate(FAMILY_ORDER), key=lambda t: -len(t[1])
+    ):  # longest prefix first
         if label == name or label.startswith(name + ","):
             return i
     return len(FAMILY_ORDER)
@@ -162,7 +184,10 @@ def _instance_counts(model, inputs):
             out = model(inputs)
     finally:
         hook.remove()
-    return {"num_proposals": int(seen["proposals"]), "num_detections": int(len(out[0]["instances"]))}
+    return {
+        "num_proposals": int(seen["proposals"]),
+        "num_detections": int(len(out[0]["instances"])),
+    }
 
 
 def fmt_gflops(value):
@@ -186,10 +211,14 @@ def table_rows(results):
     rows = []  # [configs, result]
     for r in sorted(results, key=table_order):
         prev = rows[-1] if rows else None
-        if (prev and prev[1]["config"].split("/")[0] == r["config"].split("/")[0]
-                and prev[1]["model"] == r["model"] and prev[1]["flops"]["total"] == r["flops"]["total"]
-                and prev[1]["flops"]["decoder"] == r["flops"]["decoder"]
-                and prev[1]["params"]["total"] == r["params"]["total"]):
+        if (
+            prev
+            and prev[1]["config"].split("/")[0] == r["config"].split("/")[0]
+            and prev[1]["model"] == r["model"]
+            and prev[1]["flops"]["total"] == r["flops"]["total"]
+            and prev[1]["flops"]["decoder"] == r["flops"]["decoder"]
+            and prev[1]["params"]["total"] == r["params"]["total"]
+        ):
             prev[0].append(r["config"])
             continue
         rows.append([[r["config"]], r])
@@ -197,7 +226,8 @@ def table_rows(results):
     for configs, r in rows:
         names = ", ".join([f"`{configs[0]}`"] + [f"`{c.split('/', 1)[1]}`" for c in configs[1:]])
         lines.append(
-            f"| {names} | {r['model']} | {fmt_gflops(r['gflops_total'])} / {fmt_gflops(r['gflops_decoder'])} "
+            f"| {names} | {r['model']} | {fmt_gflops(r['gflops_total'])} "
+            f"/ {fmt_gflops(r['gflops_decoder'])} "
             f"| {fmt_params(r['params_m'])} |"
         )
     return lines
@@ -211,39 +241,48 @@ def write_markdown(path, results, meta):
     lines = [
         "# Cost of the shipped configs",
         "",
-        f"Generated by `{meta['command']}` on {meta['date']} ({meta['device']}; torch {meta['torch']}, "
+        f"Generated by `{meta['command']}` on {meta['date']} "
+        f"({meta['device']}; torch {meta['torch']}, "
         f"detectron2 {meta['detectron2']}; {meta['seconds']:.0f} s).",
         "",
-        f"* One synthetic {h}x{w} image (`nrd_rsp.analysis.synthetic_inference_inputs`, seed {SEED}), batch 1, "
+        f"* One synthetic {h}x{w} image "
+        f"(`nrd_rsp.analysis.synthetic_inference_inputs`, seed {SEED}), batch 1, "
         "inference (eval mode), the model's whole forward (`nrd_rsp.analysis.flop_count_analysis`: "
         "fvcore, one fused multiply-add = one flop, element-wise ops not counted).",
-        "* Models built as `tools/analyze_model.py` builds them (SyncBN -> BN), `MODEL.WEIGHTS \"\"` "
+        '* Models built as `tools/analyze_model.py` builds them (SyncBN -> BN), `MODEL.WEIGHTS ""` '
         f"(random initialisation, `torch.manual_seed({SEED})`).",
-        "* **Decoder** = neck + head (`nrd_rsp.analysis.component_breakdown`): FPN / RSP, the semantic "
-        "head and, for panoptic models, the RPN and ROI heads; everything after the ResNet except "
-        "pre/post-processing.",
-        "* **Params** = all parameters of the model as built (fvcore `parameter_count`), including "
-        "training-only modules (NRD's auxiliary FCN head, not run at inference and not in the FLOPs).",
-        "* Panoptic totals depend on the number of RPN proposals (the box head runs on each) and of "
-        "detections (the mask head runs on each), i.e. on the random weights and the image: columns "
-        "*Proposals* and *Detections* below. With random weights both are far below a trained model's "
-        "(up to 1000 proposals and 100 detections per image), so the panoptic totals are lower bounds.",
+        "* **Decoder** = neck + head (`nrd_rsp.analysis.component_breakdown`): FPN / RSP, the "
+        "semantic head and, for panoptic models, the RPN and ROI heads; everything after the "
+        "ResNet except pre/post-processing.",
+        "* **Params** = all parameters of the model as built (fvcore `parameter_count`), "
+        "including training-only modules (NRD's auxiliary FCN head, not run at inference and not "
+        "in the FLOPs).",
+        "* Panoptic totals depend on the number of RPN proposals (the box head runs on each) and "
+        "of detections (the mask head runs on each), i.e. on the random weights and the image: "
+        "columns *Proposals* and *Detections* below. With random weights both are far below a "
+        "trained model's (up to 1000 proposals and 100 detections per image), so the panoptic "
+        "totals are lower bounds.",
         "",
         *TABLE_HEADER,
         *table_rows(results),
         "",
         "## Breakdown",
         "",
-        "| Config | GFLOPs backbone | GFLOPs neck | GFLOPs head | GFLOPs other | Params backbone (M) "
+        "| Config | GFLOPs backbone | GFLOPs neck | GFLOPs head | GFLOPs other "
+        "| Params backbone (M) "
         "| Params neck+head (M) | Train-only params (M) | Proposals | Detections |",
         "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(results, key=table_order):
         f, p = r["flops"], r["params"]
-        props, dets = ("" if r[k] is None else str(r[k]) for k in ("num_proposals", "num_detections"))
+        props, dets = (
+            "" if r[k] is None else str(r[k]) for k in ("num_proposals", "num_detections")
+        )
         lines.append(
-            f"| `{r['config']}` | {f['backbone'] / 1e9:.2f} | {f['neck'] / 1e9:.2f} | {f['head'] / 1e9:.2f} "
-            f"| {f['other'] / 1e9:.2f} | {p['backbone'] / 1e6:.2f} | {(p['neck'] + p['head']) / 1e6:.2f} "
+            f"| `{r['config']}` | {f['backbone'] / 1e9:.2f} | {f['neck'] / 1e9:.2f} "
+            f"| {f['head'] / 1e9:.2f} "
+            f"| {f['other'] / 1e9:.2f} | {p['backbone'] / 1e6:.2f} "
+            f"| {(p['neck'] + p['head']) / 1e6:.2f} "
             f"| {p['train_only'] / 1e6:.2f} | {props} | {dets} |"
         )
     lines.append("")
@@ -254,7 +293,9 @@ def write_markdown(path, results, meta):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.WARNING, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S"
+    )
     logger.setLevel(logging.INFO)
     import detectron2
     import torch
@@ -279,8 +320,11 @@ def main(argv=None):
         r = measure(config, args.input_size)
         r["seconds"] = time.perf_counter() - t0
         results.append(r)
-        bar.write(f"{config}: {fmt_gflops(r['gflops_total'])} / {fmt_gflops(r['gflops_decoder'])} GFLOPs, "
-                  f"{fmt_params(r['params_m'])} M params ({r['seconds']:.0f} s)")
+        bar.write(
+            f"{config}: {fmt_gflops(r['gflops_total'])} "
+            f"/ {fmt_gflops(r['gflops_decoder'])} GFLOPs, "
+            f"{fmt_params(r['params_m'])} M params ({r['seconds']:.0f} s)"
+        )
     meta = {
         "command": " ".join(["python benchmarks/config_costs.py"] + [shlex.quote(a) for a in argv]),
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),

@@ -8,18 +8,11 @@ read ``annotations_detectron2/{training,validation}/*.png`` with label - 1 (0..1
     python datasets/prepare_ade20k_sem_seg.py        # $DETECTRON2_DATASETS/ADEChallengeData2016
 """
 
-import argparse
 import multiprocessing as mp
 import os
 import sys
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # bad arguments: one line, no usage dump
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-    def fail(self, message):  # missing or bad input data: one line
-        self.exit(1, f"{self.prog}: error: {message}\n")
+from nrd_rsp.errors import OneLineArgumentParser
 
 
 def convert_label(label):
@@ -40,11 +33,14 @@ def _convert_one(job):
 
 
 def main(argv=None):
-    parser = _Parser(prog="prepare_ade20k_sem_seg.py", description=__doc__.splitlines()[1])
+    parser = OneLineArgumentParser(
+        prog="prepare_ade20k_sem_seg.py", description=__doc__.splitlines()[1]
+    )
     parser.add_argument(
         "--root",
         default=os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")),
-        help="datasets root holding ADEChallengeData2016/ (default: $DETECTRON2_DATASETS or ./datasets)",
+        help="datasets root holding ADEChallengeData2016/ "
+        "(default: $DETECTRON2_DATASETS or ./datasets)",
     )
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8))
     args = parser.parse_args(argv)
@@ -55,7 +51,8 @@ def main(argv=None):
         src = os.path.join(base, "annotations", split)
         if not os.path.isdir(src):
             parser.fail(
-                f"annotation directory not found: {src} (unzip ADEChallengeData2016.zip; see datasets/README.md)"
+                f"annotation directory not found: {src} "
+                "(unzip ADEChallengeData2016.zip; see datasets/README.md)"
             )
         splits.append((src, os.path.join(base, "annotations_detectron2", split)))
 

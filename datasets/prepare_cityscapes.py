@@ -11,19 +11,12 @@ with ``cityscapesscripts.preparation.json2labelImg.json2labelImg(..., "trainIds"
     python datasets/prepare_cityscapes.py --root /data/d2 --coarse   # /data/d2/cityscapes
 """
 
-import argparse
 import glob
 import multiprocessing as mp
 import os
 import sys
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # bad arguments: one line, no usage dump
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-    def fail(self, message):  # missing or bad input data: one line
-        self.exit(1, f"{self.prog}: error: {message}\n")
+from nrd_rsp.errors import OneLineArgumentParser
 
 
 def _convert_one(src):
@@ -36,11 +29,14 @@ def _convert_one(src):
 
 
 def main(argv=None):
-    parser = _Parser(prog="prepare_cityscapes.py", description=__doc__.splitlines()[1])
+    parser = OneLineArgumentParser(
+        prog="prepare_cityscapes.py", description=__doc__.splitlines()[1]
+    )
     parser.add_argument(
         "--root",
         default=os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")),
-        help="datasets root holding cityscapes/gtFine (default: $DETECTRON2_DATASETS or ./datasets)",
+        help="datasets root holding cityscapes/gtFine "
+        "(default: $DETECTRON2_DATASETS or ./datasets)",
     )
     parser.add_argument("--coarse", action="store_true", help="also convert gtCoarse/")
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8))
@@ -53,7 +49,8 @@ def main(argv=None):
         path = os.path.join(cityscapes, gt)
         if not os.path.isdir(path):
             parser.fail(
-                f"directory not found: {path} (download gtFine_trainvaltest.zip; see datasets/README.md)"
+                f"directory not found: {path} "
+                "(download gtFine_trainvaltest.zip; see datasets/README.md)"
             )
         files += sorted(glob.glob(os.path.join(path, "*", "*", "*_polygons.json")))
     if not files:
@@ -63,7 +60,7 @@ def main(argv=None):
     try:
         import cityscapesscripts  # noqa: F401
     except ImportError:
-        parser.fail(f"cityscapesscripts is not installed (pip install cityscapesscripts)")
+        parser.fail("cityscapesscripts is not installed (pip install cityscapesscripts)")
 
     from tqdm import tqdm
 

@@ -5,33 +5,27 @@ For every image of ``coco/annotations/panoptic_<split>.json`` it reads
 ``coco/panoptic_<split>/<name>.png`` and writes ``coco/panoptic_stuff_<split>/<name>.png`` (uint8):
 0 = all thing pixels, 1..K = the stuff categories in the order of the JSON's ``categories``
 (= Detectron2's ``stuff_dataset_id_to_contiguous_id`` for COCO), 255 = void. The conversion is
-``nrd_rsp.data.datasets.panoptic_to_stuff_semantic``, the same function the toy generator uses.
+``nrd_rsp.data.panoptic_separated.panoptic_to_stuff_semantic``, the same function the toy
+generator uses.
 
-    python datasets/prepare_panoptic_fpn.py                      # $DETECTRON2_DATASETS/coco, both splits
+    python datasets/prepare_panoptic_fpn.py   # $DETECTRON2_DATASETS/coco, both splits
     python datasets/prepare_panoptic_fpn.py --splits val2017 --workers 8
     python datasets/prepare_panoptic_fpn.py --panoptic-json J --panoptic-root D --output O
 """
 
-import argparse
 import json
 import multiprocessing as mp
 import os
 import sys
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # bad arguments: one line, no usage dump
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-    def fail(self, message):  # missing or bad input data: one line
-        self.exit(1, f"{self.prog}: error: {message}\n")
+from nrd_rsp.errors import OneLineArgumentParser
 
 
 def _convert_one(job):
     import numpy as np
     from PIL import Image
 
-    from nrd_rsp.data.datasets import panoptic_to_stuff_semantic
+    from nrd_rsp.data.panoptic_separated import panoptic_to_stuff_semantic
 
     pan_path, out_path, segments_info, id_map = job
     with Image.open(pan_path) as im:
@@ -43,7 +37,7 @@ def convert(panoptic_json, panoptic_root, output_dir, workers):
     """Convert every annotation of one panoptic JSON; returns the number of PNGs written."""
     from tqdm import tqdm
 
-    from nrd_rsp.data.datasets import stuff_id_map
+    from nrd_rsp.data.panoptic_separated import stuff_id_map
 
     with open(panoptic_json) as f:
         obj = json.load(f)
@@ -75,7 +69,7 @@ def convert(panoptic_json, panoptic_root, output_dir, workers):
 
 
 def main(argv=None):
-    parser = _Parser(
+    parser = OneLineArgumentParser(
         prog="prepare_panoptic_fpn.py",
         description="Convert COCO panoptic PNGs into the stuff PNGs used by Panoptic FPN.",
     )
@@ -111,10 +105,11 @@ def main(argv=None):
             parser.fail(f"panoptic JSON not found: {pan_json} (see datasets/README.md)")
         if not os.path.isdir(pan_root):
             parser.fail(
-                f"panoptic PNG directory not found: {pan_root} (unzip annotations/panoptic_*.zip; see datasets/README.md)"
+                f"panoptic PNG directory not found: {pan_root} "
+                "(unzip annotations/panoptic_*.zip; see datasets/README.md)"
             )
     try:
-        import nrd_rsp.data.datasets  # noqa: F401
+        import nrd_rsp.data.panoptic_separated  # noqa: F401
     except ImportError as e:
         parser.fail(f"cannot import nrd_rsp ({e}); run `pip install -e .` first")
     try:

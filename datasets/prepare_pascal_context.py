@@ -16,14 +16,16 @@ Outputs under ``$DETECTRON2_DATASETS/pascal_context``:
 * ``annotations_ctx59/{train,val}/<id>.png``: 0..58 = the 59 classes, 255 = background (ignored).
 
     python datasets/prepare_pascal_context.py \\
-        --voc2010 $DETECTRON2_DATASETS/VOCdevkit/VOC2010 --context $DETECTRON2_DATASETS/VOCdevkit/VOC2010/trainval
+        --voc2010 $DETECTRON2_DATASETS/VOCdevkit/VOC2010 \\
+        --context $DETECTRON2_DATASETS/VOCdevkit/VOC2010/trainval
 """
 
-import argparse
 import multiprocessing as mp
 import os
 import shutil
 import sys
+
+from nrd_rsp.errors import OneLineArgumentParser
 
 # (id in the 459-class labels.txt, name): the 59 most frequent classes (59_labels.txt of the
 # release; the list used by mmsegmentation / Mask2Former). Order = label order.
@@ -41,14 +43,6 @@ PASCAL_CONTEXT_59 = [
     (415, "track"), (416, "train"), (420, "tree"), (424, "truck"), (427, "tvmonitor"),
     (440, "wall"), (445, "water"), (454, "window"), (458, "wood"),
 ]  # fmt: skip
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # bad arguments: one line, no usage dump
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-    def fail(self, message):  # missing or bad input data: one line
-        self.exit(1, f"{self.prog}: error: {message}\n")
 
 
 _LUT = None
@@ -120,7 +114,9 @@ def _check_labels_txt(path):
 
 
 def main(argv=None):
-    parser = _Parser(prog="prepare_pascal_context.py", description=__doc__.splitlines()[1])
+    parser = OneLineArgumentParser(
+        prog="prepare_pascal_context.py", description=__doc__.splitlines()[1]
+    )
     parser.add_argument(
         "--root",
         default=os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")),
@@ -157,14 +153,16 @@ def main(argv=None):
     jpeg_dir = os.path.join(args.voc2010, "JPEGImages")
     if not os.path.isdir(jpeg_dir):
         parser.fail(
-            f"VOC2010 images not found: {jpeg_dir} (extract VOCtrainval_03-May-2010.tar; see datasets/README.md)"
+            f"VOC2010 images not found: {jpeg_dir} "
+            "(extract VOCtrainval_03-May-2010.tar; see datasets/README.md)"
         )
     context = args.context or os.path.join(args.voc2010, "trainval")
     if os.path.isdir(os.path.join(context, "trainval")):
         context = os.path.join(context, "trainval")
     if not os.path.isdir(context):
         parser.fail(
-            f"PASCAL Context annotations not found: {context} (extract trainval.tar.gz; see datasets/README.md)"
+            f"PASCAL Context annotations not found: {context} "
+            "(extract trainval.tar.gz; see datasets/README.md)"
         )
     split_dir = args.split_dir or os.path.join(args.voc2010, "ImageSets", "Main")
     splits = {}
@@ -190,7 +188,7 @@ def main(argv=None):
     try:
         import scipy.io  # noqa: F401
     except ImportError:
-        parser.fail(f"scipy is needed to read the .mat files (pip install scipy)")
+        parser.fail("scipy is needed to read the .mat files (pip install scipy)")
     if labels:
         _check_labels_txt(labels)
 
@@ -200,7 +198,8 @@ def main(argv=None):
         missing = [i for i in ids if not os.path.isfile(os.path.join(context, i + ".mat"))]
         if missing:
             parser.fail(
-                f"{len(missing)} of {len(ids)} {split} images have no .mat in {context}, e.g. {missing[0]}.mat"
+                f"{len(missing)} of {len(ids)} {split} images have no .mat in {context}, "
+                f"e.g. {missing[0]}.mat"
             )
     try:
         for split, ids in splits.items():

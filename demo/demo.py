@@ -12,39 +12,42 @@ overrides may follow the inputs. ``--confidence-threshold`` sets the minimum sco
 instances and of the instances Panoptic FPN combines into the panoptic output; semantic
 models draw every pixel's top class.
 """
+
 import argparse
 import glob
 import os
 import sys
 
 import cv2
+import numpy as np
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.video_visualizer import VideoVisualizer
+from detectron2.utils.visualizer import ColorMode
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data.detection_utils import read_image  # noqa: E402
-
-import nrd_rsp  # noqa: E402,F401  (registers datasets, heads and meta-architectures)
-from nrd_rsp import add_nrd_rsp_config  # noqa: E402
-from nrd_rsp.engine import ConfigError, exit_on_user_error, setup_cfg  # noqa: E402
-from predictor import DemoVisualizer  # noqa: E402
+import nrd_rsp  # noqa: F401  (registers datasets, heads and meta-architectures)
+from nrd_rsp import add_nrd_rsp_config
+from nrd_rsp.engine import check_weights_file, load_model_for_eval, setup_cfg
+from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
+from nrd_rsp.predictor import Predictor, draw_predictions
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of usage + error
-        self.exit(2, f"ERROR: {self.prog}: {message} (see --help)\n")
-
-
 def build_parser():
-    p = _ArgumentParser(prog="demo.py", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog="demo.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--config-file", required=True, metavar="FILE")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", nargs="+", metavar="IMAGE", help="image files or glob patterns")
     src.add_argument("--video-input", metavar="VIDEO", help="a video file")
-    p.add_argument("--output", default="./output/demo", metavar="DIR", help="where to write (default: %(default)s)")
+    p.add_argument(
+        "--output",
+        default="./output/demo",
+        metavar="DIR",
+        help="where to write (default: %(default)s)",
+    )
     p.add_argument("--confidence-threshold", type=float, default=0.5, metavar="T")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
     return p
@@ -75,13 +78,17 @@ def expand_inputs(patterns):
         if os.path.isfile(pattern):
             paths.append(pattern)
             continue
-        matches = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+        matches = sorted(
+            p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)
+        )
         if not matches:
             raise ConfigError(f"No input file matches '{pattern}'.")
         paths.extend(p for p in matches if p.lower().endswith(IMAGE_EXTENSIONS))
     paths = list(dict.fromkeys(paths))
     if not paths:
-        raise ConfigError(f"No image among the inputs {patterns} (extensions: {', '.join(IMAGE_EXTENSIONS)}).")
+        raise ConfigError(
+            f"No image among the inputs {patterns} (extensions: {', '.join(IMAGE_EXTENSIONS)})."
+        )
     return paths
 
 
@@ -90,16 +97,59 @@ def setup(args):
         raise ConfigError(f"Options must come before the KEY VALUE overrides; got {args.opts}.")
     cfg = setup_cfg(args.config_file, args.opts, freeze=False)
     if not 0.0 <= args.confidence_threshold <= 1.0:
-        raise ConfigError(f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}.")
+        raise ConfigError(
+            f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}."
+        )
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = args.confidence_threshold
     cfg.OUTPUT_DIR = args.output  # the checkpointer creates OUTPUT_DIR: not the training one
-    weights = cfg.MODEL.WEIGHTS
-    if weights and "://" not in weights and not os.path.isfile(weights):
-        raise ConfigError(f"MODEL.WEIGHTS file not found: '{weights}'.")
+    check_weights_file(cfg, eval_only=True)
     cfg.freeze()
     return cfg
+
+
+class DemoVisualizer:
+    """Runs the model (:class:`nrd_rsp.predictor.Predictor`) on BGR images or video frames and
+    draws its output over them (:func:`nrd_rsp.predictor.draw_predictions`).
+
+    Args:
+        cfg: frozen config; metadata (class names, colours) come from ``DATASETS.TEST[0]``.
+        confidence_threshold: instances scoring below it are not drawn (panoptic segments are
+            already filtered by the model with the same threshold, see :func:`setup`).
+    """
+
+    def __init__(self, cfg, confidence_threshold: float = 0.5):
+        self.metadata = MetadataCatalog.get(
+            cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
+        )
+        self.predictor = Predictor(cfg, load_model_for_eval(cfg))
+        self.confidence_threshold = confidence_threshold
+        self._video = None
+
+    def run_on_image(self, bgr):
+        """Returns ``(predictions, drawn)``: ``drawn`` is an RGB uint8 ``[H, W, 3]`` image."""
+        predictions = self.predictor(bgr)
+        drawn = draw_predictions(
+            bgr[:, :, ::-1],
+            predictions,
+            self.metadata,
+            confidence_threshold=self.confidence_threshold,
+        )
+        return predictions, drawn
+
+    def run_on_frame(self, bgr):
+        """One video frame (BGR) -> drawn frame (BGR), colours consistent across calls."""
+        if self._video is None:
+            self._video = VideoVisualizer(self.metadata, ColorMode.IMAGE)
+        drawn = draw_predictions(
+            bgr[:, :, ::-1],
+            self.predictor(bgr),
+            self.metadata,
+            video=self._video,
+            confidence_threshold=self.confidence_threshold,
+        )
+        return np.ascontiguousarray(drawn[:, :, ::-1])
 
 
 def _unique_output_path(output_dir, path, ext, used):
@@ -157,7 +207,7 @@ def run_on_video(demo, video, output_dir):
     return [out]
 
 
-@exit_on_user_error
+@exit_on_error
 def main(argv=None):
     args = build_parser().parse_args(argv)
     args.input, args.opts = split_inputs_and_opts(args.input, args.opts)
@@ -170,7 +220,11 @@ def main(argv=None):
     cfg = setup(args)
     os.makedirs(args.output, exist_ok=True)
     demo = DemoVisualizer(cfg, confidence_threshold=args.confidence_threshold)
-    written = run_on_images(demo, paths, args.output) if paths else run_on_video(demo, args.video_input, args.output)
+    written = (
+        run_on_images(demo, paths, args.output)
+        if paths
+        else run_on_video(demo, args.video_input, args.output)
+    )
     print(f"Wrote {len(written)} file(s) to {args.output}")
     return 0
 

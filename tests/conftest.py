@@ -1,5 +1,6 @@
 """Shared test set-up: a session-wide dataset root (the toy data is generated there on first use),
 CPU-only, and helpers to run ``train_net.py`` as a user would."""
+
 import os
 import subprocess
 import sys
@@ -28,12 +29,15 @@ def pytest_configure(config):
 def _drop_log_handlers_added_by_test():
     """Tools called in-process (analyze_model, benchmark, ...) attach detectron2 console handlers to
     the stream pytest had captured for that test; once the capture is closed, a later test's log
-    record would print '--- Logging error ---' into its stderr. Remove such handlers after each test."""
+    record would print '--- Logging error ---' into its stderr. Remove such handlers after each
+    test."""
     import logging
 
     def handlers():
         loggers = [logging.getLogger()] + [
-            lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+            lg
+            for lg in logging.Logger.manager.loggerDict.values()
+            if isinstance(lg, logging.Logger)
         ]
         return {(lg, h) for lg in loggers for h in lg.handlers}
 
@@ -50,7 +54,11 @@ def run_train_net(args, cwd=ROOT, timeout=600, env=None):
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "train_net.py"), *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -80,3 +88,12 @@ def panoptic_batch(n=2, h=128, w=160):
         image = torch.randint(0, 255, (3, h, w)).float()
         batch.append({"image": image, "instances": inst, "sem_seg": sem})
     return batch
+
+
+@pytest.fixture(scope="module")
+def standin_setup(tmp_path_factory):
+    """For tests/real_runs: (root of the prepared real-dataset stand-ins, the converted random
+    "ImageNet" weights by ResNet depth), made once per module."""
+    from real_utils import ConvertedWeights, write_standins
+
+    return write_standins(tmp_path_factory), ConvertedWeights(tmp_path_factory.mktemp("weights"))

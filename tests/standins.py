@@ -198,11 +198,33 @@ def _cityscapes_objects(rng, h, w, index):
         rider = [[x0 + 5, hz + 12], [x0 + 10, hz + 12], [x0 + 11, hz + 31], [x0 + 4, hz + 31]]
         objs.append(("rider", rider))
     objs += [
-        ("ego vehicle", [[0, h - 1], [0, h - 10], [int(0.3 * w), h - 15], [int(0.7 * w), h - 15],
-                         [w - 1, h - 10], [w - 1, h - 1]]),  # fmt: skip
+        (
+            "ego vehicle",
+            [
+                [0, h - 1],
+                [0, h - 10],
+                [int(0.3 * w), h - 15],
+                [int(0.7 * w), h - 15],
+                [w - 1, h - 10],
+                [w - 1, h - 1],
+            ],
+        ),  # fmt: skip
         # a frame around the image: outer ring, then the inner one (as in the release)
-        ("out of roi", [[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1], [0, 0], [2, 2],
-                        [2, h - 3], [w - 3, h - 3], [w - 3, 2], [2, 2]]),  # fmt: skip
+        (
+            "out of roi",
+            [
+                [0, 0],
+                [w - 1, 0],
+                [w - 1, h - 1],
+                [0, h - 1],
+                [0, 0],
+                [2, 2],
+                [2, h - 3],
+                [w - 3, h - 3],
+                [w - 3, 2],
+                [2, 2],
+            ],
+        ),  # fmt: skip
     ]
     return objs
 
@@ -467,7 +489,7 @@ def write_pascal_context(root: str) -> None:
     VOC2010, with the label lists next to ``trainval/``)."""
     import scipy.io
 
-    from nrd_rsp.data.datasets import PASCAL_CONTEXT_59_CLASSES
+    from nrd_rsp.data.datasets.register_pascal_context import PASCAL_CONTEXT_59_CLASSES
 
     rng = np.random.RandomState(SEED + 3)
     voc = os.path.join(root, "VOCdevkit", "VOC2010")
@@ -553,7 +575,7 @@ def registered_at(root: str):
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import builtin
 
-    from nrd_rsp.data.datasets import register_pascal_context
+    from nrd_rsp.data.datasets.register_pascal_context import register_pascal_context
 
     root = os.path.abspath(root)
     catalogs = (DatasetCatalog, MetadataCatalog)

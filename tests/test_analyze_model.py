@@ -1,6 +1,7 @@
 """tools/analyze_model.py and the counting helpers of nrd_rsp.analysis: every config of the
 project can be analysed, the component breakdown adds up, uncounted operators are found and
 attributed to modules, and none of them is in our own modules."""
+
 import glob
 import json
 import os
@@ -11,10 +12,9 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import ROOT, TOY_OPTS
 from torch import nn
 from torch.nn import functional as F
-
-from conftest import ROOT, TOY_OPTS
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import analyze_model  # noqa: E402
@@ -30,8 +30,17 @@ CONFIGS = sorted(
 # Fewer proposals/detections keep the (random-weight) ROI heads of panoptic configs cheap.
 # MODEL.WEIGHTS "": the NRD configs name a local file (pretrained/resnet*_v1c.pkl, converted by
 # tools/convert-mmcls-v1c-to-d2.py) that a checkout does not have; URL weights are dropped anyway.
-FAST_OPTS = ["MODEL.RPN.POST_NMS_TOPK_TEST", "50", "TEST.DETECTIONS_PER_IMAGE", "5", "MODEL.WEIGHTS", ""]
-PROJECT_CONFIGS = [c for c in CONFIGS if "rsp" in os.path.basename(c) or "nrd" in os.path.basename(c)]
+FAST_OPTS = [
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "50",
+    "TEST.DETECTIONS_PER_IMAGE",
+    "5",
+    "MODEL.WEIGHTS",
+    "",
+]
+PROJECT_CONFIGS = [
+    c for c in CONFIGS if "rsp" in os.path.basename(c) or "nrd" in os.path.basename(c)
+]
 # One config per kind of our modules (RSPSemSegHead, NRDHead, RSPPanopticFPN + RSPHead + NRDHead).
 TOY_PROJECT_CONFIGS = [
     "configs/Toy/rsp_R_18_toy.yaml",
@@ -44,7 +53,10 @@ def _input_size(config):
     """64x128, except for Detectron2's DeepLab heads trained on crops: their ASPP pools over
     the crop size, so the input must tile it."""
     cfg = A.setup(config, ["MODEL.WEIGHTS", ""])
-    if cfg.MODEL.SEM_SEG_HEAD.NAME in ("DeepLabV3Head", "DeepLabV3PlusHead") and cfg.INPUT.CROP.ENABLED:
+    if (
+        cfg.MODEL.SEM_SEG_HEAD.NAME in ("DeepLabV3Head", "DeepLabV3PlusHead")
+        and cfg.INPUT.CROP.ENABLED
+    ):
         return [str(x) for x in cfg.INPUT.CROP.SIZE]
     return ["64", "128"]
 
@@ -71,12 +83,26 @@ def test_project_has_rsp_and_nrd_configs():
     assert len(PROJECT_CONFIGS) >= 6
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[os.path.splitext(c[len("configs/"):])[0] for c in CONFIGS])
+@pytest.mark.parametrize(
+    "config", CONFIGS, ids=[os.path.splitext(c[len("configs/") :])[0] for c in CONFIGS]
+)
 def test_flop_and_parameter_of_every_config(config, capsys, tmp_path):
     out_json = tmp_path / "analysis.json"
     rc, out, err = _main(
-        ["--config-file", config, "--tasks", "parameter", "flop", "--input-size", *_input_size(config),
-         "--max-depth", "1", "--json", str(out_json), *FAST_OPTS],
+        [
+            "--config-file",
+            config,
+            "--tasks",
+            "parameter",
+            "flop",
+            "--input-size",
+            *_input_size(config),
+            "--max-depth",
+            "1",
+            "--json",
+            str(out_json),
+            *FAST_OPTS,
+        ],
         capsys,
     )
     assert rc == 0, err[-3000:]
@@ -98,7 +124,9 @@ def test_flop_and_parameter_of_every_config(config, capsys, tmp_path):
         assert "Project (nrd_rsp) modules with uncounted operators: none" in out
 
 
-@pytest.mark.parametrize("config", TOY_PROJECT_CONFIGS, ids=[os.path.basename(c) for c in TOY_PROJECT_CONFIGS])
+@pytest.mark.parametrize(
+    "config", TOY_PROJECT_CONFIGS, ids=[os.path.basename(c) for c in TOY_PROJECT_CONFIGS]
+)
 def test_no_uncounted_operator_in_our_modules(config):
     cfg = A.setup(config, FAST_OPTS)
     model = A.build_model(cfg)
@@ -169,8 +197,13 @@ def test_component_breakdown_synthetic():
     }
     assert A.component_breakdown(counts) == {"backbone": 40, "neck": 30, "head": 20, "other": 10}
     # A plain ResNet backbone (no bottom_up) is all backbone.
-    assert A.component_breakdown({"": 10, "backbone": 7, "backbone.res5": 4, "sem_seg_head": 3}) == {
-        "backbone": 7, "neck": 0, "head": 3, "other": 0,
+    assert A.component_breakdown(
+        {"": 10, "backbone": 7, "backbone.res5": 4, "sem_seg_head": 3}
+    ) == {
+        "backbone": 7,
+        "neck": 0,
+        "head": 3,
+        "other": 0,
     }
     assert A.component_of("rsp.stages.p2.rse") == "neck"
     assert A.component_of("backbone.fpn_output3") == "neck"
@@ -185,10 +218,13 @@ def test_component_breakdown_matches_fvcore_modules():
     parts = A.component_breakdown(A.module_counts(analysis))
     assert parts["backbone"] == analysis.total("model.backbone.bottom_up")
     assert parts["neck"] == (
-        analysis.total("model.backbone") - analysis.total("model.backbone.bottom_up")
+        analysis.total("model.backbone")
+        - analysis.total("model.backbone.bottom_up")
         + analysis.total("model.sem_seg_head.rsp")
     )
-    assert parts["head"] == analysis.total("model.sem_seg_head") - analysis.total("model.sem_seg_head.rsp")
+    assert parts["head"] == analysis.total("model.sem_seg_head") - analysis.total(
+        "model.sem_seg_head.rsp"
+    )
     assert parts["neck"] > 0 and parts["other"] >= 0
     assert sum(parts.values()) == analysis.total()
 
@@ -214,8 +250,18 @@ def test_real_dataset_config_is_adapted_to_one_process():
 
 def test_activation_and_structure_tasks(capsys):
     rc, out, err = _main(
-        ["--config-file", "configs/Toy/rsp_R_18_toy.yaml", "--tasks", "activation", "structure",
-         "--input-size", "64", "96", "--max-depth", "1"],
+        [
+            "--config-file",
+            "configs/Toy/rsp_R_18_toy.yaml",
+            "--tasks",
+            "activation",
+            "structure",
+            "--input-size",
+            "64",
+            "96",
+            "--max-depth",
+            "1",
+        ],
         capsys,
     )
     assert rc == 0, err[-3000:]
@@ -225,22 +271,43 @@ def test_activation_and_structure_tasks(capsys):
 
 def test_averages_over_toy_test_images(capsys):
     rc, out, err = _main(
-        ["--config-file", "configs/Toy/semantic_fpn_R_18_toy.yaml", "--tasks", "flop", "-n", "2",
-         "--max-depth", "1", *TOY_OPTS],
+        [
+            "--config-file",
+            "configs/Toy/semantic_fpn_R_18_toy.yaml",
+            "--tasks",
+            "flop",
+            "-n",
+            "2",
+            "--max-depth",
+            "1",
+            *TOY_OPTS,
+        ],
         capsys,
     )
     assert rc == 0, err[-3000:]
     assert "Inputs (2): toy_sem_seg_val:" in out
-    m = re.search(r"^Total GFLOPs: ([0-9.eE+-]+) ± ([0-9.eE+-]+) \(mean ± std over 2 input\(s\)\)", out, re.M)
+    m = re.search(
+        r"^Total GFLOPs: ([0-9.eE+-]+) ± ([0-9.eE+-]+) \(mean ± std over 2 input\(s\)\)", out, re.M
+    )
     assert m and float(m.group(1)) > 0
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path))
     r = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "analyze_model.py"), "--config-file",
-         "configs/Cityscapes-SemanticSegmentation/semantic_fpn_R_50_90k_bs16.yaml", "--tasks", "flop"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "analyze_model.py"),
+            "--config-file",
+            "configs/Cityscapes-SemanticSegmentation/semantic_fpn_R_50_90k_bs16.yaml",
+            "--tasks",
+            "flop",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 2, r.stderr[-3000:]
     error = [line for line in r.stderr.splitlines() if line.startswith("ERROR: ")]
@@ -251,5 +318,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
 def test_bad_arguments_are_user_errors(capsys):
     rc, _, err = _main(["--config-file", "configs/Toy/missing.yaml"], capsys)
     assert rc == 2 and err.startswith("ERROR: Config file not found")
-    rc, _, err = _main(["--config-file", "configs/Toy/nrd_R_18_toy.yaml", "--input-size", "0", "64"], capsys)
+    rc, _, err = _main(
+        ["--config-file", "configs/Toy/nrd_R_18_toy.yaml", "--input-size", "0", "64"], capsys
+    )
     assert rc == 2 and "--input-size must be positive" in err

@@ -1,5 +1,6 @@
 """tools/benchmark.py (inference and training speed, memory) and a smoke run of
 benchmarks/decoders.py (tables, CSV, plot, ratio columns)."""
+
 import csv
 import json
 import os
@@ -8,7 +9,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -39,8 +39,23 @@ def _main(argv, capsys):
 def test_benchmark_tiny_runs(config, task, capsys, tmp_path):
     out_json = tmp_path / "bench.json"
     rc, out, err = _main(
-        ["--config-file", config, "--task", task, "--iters", "2", "--warmup", "1", "--input-size", "64", "128",
-         "--threads", "1", "--json", str(out_json)],
+        [
+            "--config-file",
+            config,
+            "--task",
+            task,
+            "--iters",
+            "2",
+            "--warmup",
+            "1",
+            "--input-size",
+            "64",
+            "128",
+            "--threads",
+            "1",
+            "--json",
+            str(out_json),
+        ],
         capsys,
     )
     assert rc == 0, err[-3000:]
@@ -63,7 +78,10 @@ def test_train_batches_carry_the_labels_the_model_needs():
     assert len(batches) == 2 and len(batches[0]) == 2
     d = batches[0][0]
     assert d["image"].shape == (3, 64, 96) and d["sem_seg"].shape == (64, 96)
-    assert 0 <= int(d["sem_seg"].min()) and int(d["sem_seg"].max()) < cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    assert (
+        0 <= int(d["sem_seg"].min())
+        and int(d["sem_seg"].max()) < cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    )
     inst = d["instances"]
     assert len(inst) > 0 and inst.gt_masks.tensor.shape[1:] == (64, 96)
     assert int(inst.gt_classes.max()) < cfg.MODEL.ROI_HEADS.NUM_CLASSES
@@ -86,7 +104,10 @@ def test_time_steps_and_stats():
 
 
 def test_fp16_on_cpu_is_a_clear_error(capsys):
-    rc, _, err = _main(["--config-file", "configs/Toy/rsp_R_18_toy.yaml", "--amp", "fp16", "--device", "cpu"], capsys)
+    rc, _, err = _main(
+        ["--config-file", "configs/Toy/rsp_R_18_toy.yaml", "--amp", "fp16", "--device", "cpu"],
+        capsys,
+    )
     assert rc == 2
     assert err.strip().splitlines()[-1].startswith("ERROR: --amp fp16 needs CUDA")
 
@@ -94,15 +115,32 @@ def test_fp16_on_cpu_is_a_clear_error(capsys):
 def test_cuda_without_gpu_is_a_clear_error(capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is available")
-    rc, _, err = _main(["--config-file", "configs/Toy/rsp_R_18_toy.yaml", "--device", "cuda"], capsys)
+    rc, _, err = _main(
+        ["--config-file", "configs/Toy/rsp_R_18_toy.yaml", "--device", "cuda"], capsys
+    )
     assert rc == 2 and "CUDA is not available" in err
 
 
 def test_bf16_autocast_runs_on_cpu(capsys, tmp_path):
     out_json = tmp_path / "bench.json"
     rc, _, err = _main(
-        ["--config-file", "configs/Toy/nrd_R_18_toy.yaml", "--amp", "bf16", "--iters", "1", "--warmup", "0",
-         "--input-size", "64", "64", "--threads", "1", "--json", str(out_json)],
+        [
+            "--config-file",
+            "configs/Toy/nrd_R_18_toy.yaml",
+            "--amp",
+            "bf16",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--input-size",
+            "64",
+            "64",
+            "--threads",
+            "1",
+            "--json",
+            str(out_json),
+        ],
         capsys,
     )
     assert rc == 0, err[-3000:]
@@ -112,9 +150,22 @@ def test_bf16_autocast_runs_on_cpu(capsys, tmp_path):
 def test_decoders_benchmark_smoke(tmp_path):
     rows = ["dlv3_r101_os8", "dlv3p_r50_os16", "nrd_r50"]
     r = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "decoders.py"), "--quick", "--in-process",
-         "--threads", "1", "--rows", ",".join(rows), "--output-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "decoders.py"),
+            "--quick",
+            "--in-process",
+            "--threads",
+            "1",
+            "--rows",
+            ",".join(rows),
+            "--output-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert r.returncode == 0, r.stderr[-4000:]
     md = (tmp_path / "decoders.md").read_text()
@@ -127,18 +178,35 @@ def test_decoders_benchmark_smoke(tmp_path):
         assert f"| {label} |" in md
     assert "No GPU was used" in md and "64x128" in md
 
-    metrics = ["gflops_total", "gflops_neck_head", "gflops_head", "params_total_m", "params_neck_head_m",
-               "latency_ms_median", "images_per_s", "peak_memory_mib"]
+    metrics = [
+        "gflops_total",
+        "gflops_neck_head",
+        "gflops_head",
+        "params_total_m",
+        "params_neck_head_m",
+        "latency_ms_median",
+        "images_per_s",
+        "peak_memory_mib",
+    ]
     for row in table.values():
         for m in metrics:
             assert float(row[m]) > 0, (row["key"], m)
-        assert float(row["gflops_head"]) <= float(row["gflops_neck_head"]) <= float(row["gflops_total"])
+        assert (
+            float(row["gflops_head"])
+            <= float(row["gflops_neck_head"])
+            <= float(row["gflops_total"])
+        )
     # NRD R-50 is compared with DeepLabV3+ R-50 and DeepLabV3 R-101 OS8: ratio = value / baseline.
     nrd = table["nrd_r50"]
-    assert nrd["baseline_vs_dlv3p"] == "dlv3p_r50_os16" and nrd["baseline_vs_dlv3_os8"] == "dlv3_r101_os8"
+    assert (
+        nrd["baseline_vs_dlv3p"] == "dlv3p_r50_os16"
+        and nrd["baseline_vs_dlv3_os8"] == "dlv3_r101_os8"
+    )
     for m in metrics:
         for suffix, base in (("vs_dlv3p", "dlv3p_r50_os16"), ("vs_dlv3_os8", "dlv3_r101_os8")):
-            assert float(nrd[f"{m}_{suffix}"]) == pytest.approx(float(nrd[m]) / float(table[base][m]), rel=1e-6)
+            assert float(nrd[f"{m}_{suffix}"]) == pytest.approx(
+                float(nrd[m]) / float(table[base][m]), rel=1e-6
+            )
         assert float(table["dlv3p_r50_os16"][f"{m}_vs_dlv3p"]) == pytest.approx(1.0)
         assert float(table["dlv3_r101_os8"][f"{m}_vs_dlv3_os8"]) == pytest.approx(1.0)
         # DeepLabV3+ R-101, the R-101 baseline, was not run: no ratio.
@@ -152,7 +220,17 @@ def test_decoders_benchmark_smoke(tmp_path):
 
 def test_decoders_benchmark_rejects_unknown_rows(tmp_path):
     r = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "decoders.py"), "--rows", "nope", "--output-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "decoders.py"),
+            "--rows",
+            "nope",
+            "--output-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 2 and "unknown rows" in r.stderr

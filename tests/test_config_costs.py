@@ -2,12 +2,12 @@
 benchmarks/config_costs.py wrote to benchmarks/results/config_costs.json, and that JSON covers
 every shipped real-dataset config: the table cannot drift from the script (regenerate with
 `python benchmarks/config_costs.py` and copy the table of config_costs.md). No model is built."""
+
 import json
 import os
 import re
 
 import pytest
-
 from conftest import ROOT
 
 GROUPS = (
@@ -49,8 +49,11 @@ def _table(text, heading):
 def _leaf_configs():
     out = set()
     for g in GROUPS:
-        out |= {f"{g}/{f}" for f in os.listdir(os.path.join(ROOT, "configs", g))
-                if f.endswith(".yaml") and not f.startswith("Base-")}
+        out |= {
+            f"{g}/{f}"
+            for f in os.listdir(os.path.join(ROOT, "configs", g))
+            if f.endswith(".yaml") and not f.startswith("Base-")
+        }
     return out
 
 
@@ -58,8 +61,13 @@ def test_json_covers_every_shipped_config():
     assert set(_json()) == _leaf_configs(), "rerun python benchmarks/config_costs.py"
 
 
-@pytest.mark.parametrize("doc, heading", [("README.md", "## Configs"),
-                                          ("benchmarks/results/config_costs.md", "# Cost of the shipped configs")])
+@pytest.mark.parametrize(
+    "doc, heading",
+    [
+        ("README.md", "## Configs"),
+        ("benchmarks/results/config_costs.md", "# Cost of the shipped configs"),
+    ],
+)
 def test_config_table_equals_config_costs_json(doc, heading):
     with open(os.path.join(ROOT, doc)) as f:
         rows = _table(f.read(), heading)
@@ -70,7 +78,10 @@ def test_config_table_equals_config_costs_json(doc, heading):
         for c in configs:
             r = costs[c]
             assert (model, total, decoder, params) == (
-                r["model"], f"{r['gflops_total']:.1f}", f"{r['gflops_decoder']:.1f}", f"{r['params_m']:.2f}"
+                r["model"],
+                f"{r['gflops_total']:.1f}",
+                f"{r['gflops_decoder']:.1f}",
+                f"{r['params_m']:.2f}",
             ), f"{doc}: row of {c}"
 
 
@@ -85,6 +96,8 @@ def test_model_zoo_real_dataset_rows_equal_config_costs_json():
             continue
         cells = [c.strip() for c in line.split("|")]  # "", config, model, backbone, schedule, ...
         r = costs[m.group(1)]
-        assert (cells[7], cells[8]) == (f"{r['gflops_total']:.1f}", f"{r['params_m']:.2f}"), m.group(1)
+        assert (cells[7], cells[8]) == (f"{r['gflops_total']:.1f}", f"{r['params_m']:.2f}"), (
+            m.group(1)
+        )
         seen.add(m.group(1))
     assert seen == set(costs)

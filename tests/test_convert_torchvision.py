@@ -2,6 +2,7 @@
 no download) become Detectron2 .pkl files that fill every tensor of the ResNet backbone of our
 R-50 FPN (Cityscapes RSP) and R-18 FPN (toy) configs through DetectionCheckpointer's matching
 heuristics, with the values of the torchvision tensors they came from."""
+
 import importlib.util
 import os
 import pickle
@@ -12,9 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-
 from conftest import ROOT, TOY_OPTS
-
 from detectron2.checkpoint import DetectionCheckpointer
 
 from nrd_rsp.engine import ConfigError, Trainer, setup_cfg
@@ -74,7 +73,9 @@ def _check_backbone_filled(model, pkl_path, tv_state):
     assert len(d2_state) > 50
     for k, v in d2_state.items():
         expected = tv_state[_to_torchvision_name(k)]
-        assert torch.equal(v, expected), f"{prefix}{k} was not loaded from {_to_torchvision_name(k)}"
+        assert torch.equal(v, expected), (
+            f"{prefix}{k} was not loaded from {_to_torchvision_name(k)}"
+        )
     # the same through DetectionCheckpointer's report: no backbone key is missing
     ckpt = DetectionCheckpointer(model)
     incompatible = ckpt._load_model(ckpt._load_file(pkl_path))
@@ -99,7 +100,9 @@ def test_resnet50_cli_fills_rsp_r50_fpn_backbone(tmp_path):
     tv = _random_torchvision_state("resnet50")
     src, dst = tmp_path / "resnet50.pth", tmp_path / "R-50-tv.pkl"
     torch.save(tv, src)
-    r = subprocess.run([sys.executable, SCRIPT, str(src), str(dst)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, SCRIPT, str(src), str(dst)], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ResNet-50" in r.stdout and "MODEL.RESNETS.STRIDE_IN_1X1 False" in r.stdout
     with open(dst, "rb") as f:
@@ -108,9 +111,19 @@ def test_resnet50_cli_fills_rsp_r50_fpn_backbone(tmp_path):
     assert all(isinstance(v, np.ndarray) for v in data["model"].values())
     assert not any(k.startswith("fc.") or "num_batches_tracked" in k for k in data["model"])
     cfg = setup_cfg(
-        os.path.join(ROOT, "configs", "Cityscapes-SemanticSegmentation", "rsp_R_50_FPN_90k_bs16.yaml"),
-        ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "BN",
-         "MODEL.RESNETS.STRIDE_IN_1X1", "False"],
+        os.path.join(
+            ROOT, "configs", "Cityscapes-SemanticSegmentation", "rsp_R_50_FPN_90k_bs16.yaml"
+        ),
+        [
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.RESNETS.NORM",
+            "BN",
+            "MODEL.RESNETS.STRIDE_IN_1X1",
+            "False",
+        ],
     )
     model = Trainer.build_model(cfg)
     _check_backbone_filled(model, str(dst), tv)
@@ -123,15 +136,27 @@ def test_resnet50_cli_fills_rsp_r50_fpn_backbone(tmp_path):
 def test_resnet18_fills_toy_r18_fpn_backbone(tmp_path):
     tv = _random_torchvision_state("resnet18", seed=1)
     src, dst = tmp_path / "resnet18.pth", tmp_path / "R-18-tv.pkl"
-    torch.save({"state_dict": {"module." + k: v for k, v in tv.items()}}, src)  # wrapped + DDP prefix
+    torch.save(
+        {"state_dict": {"module." + k: v for k, v in tv.items()}}, src
+    )  # wrapped + DDP prefix
     assert convert.main([str(src), str(dst)]) == 0
     cfg = setup_cfg(
         os.path.join(ROOT, "configs", "Toy", "semantic_fpn_R_18_toy.yaml"),
-        ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.STRIDE_IN_1X1", "False", *TOY_OPTS],
+        [
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.RESNETS.STRIDE_IN_1X1",
+            "False",
+            *TOY_OPTS,
+        ],
     )
     model = Trainer.build_model(cfg)
     _check_backbone_filled(model, str(dst), tv)
-    assert torch.equal(model.backbone.bottom_up.stem.conv1.norm.running_mean, tv["bn1.running_mean"])
+    assert torch.equal(
+        model.backbone.bottom_up.stem.conv1.norm.running_mean, tv["bn1.running_mean"]
+    )
     shortcut_bn = model.backbone.bottom_up.res3[0].shortcut.norm
     assert torch.equal(shortcut_bn.running_var, tv["layer2.0.downsample.1.running_var"])
 

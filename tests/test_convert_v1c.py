@@ -1,9 +1,9 @@
 """tools/convert-mmcls-v1c-to-d2.py: random state dicts with OpenMMLab's ResNetV1c key layout (no
 download) become Detectron2 .pkl files whose every backbone key maps and which fill every tensor
 of the ResNetV1c backbone of the NRD configs, with the values they came from."""
+
 import importlib.util
 import os
-import pickle
 import subprocess
 import sys
 from collections import OrderedDict
@@ -11,7 +11,6 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
-
 from detectron2.checkpoint import DetectionCheckpointer
 
 from nrd_rsp.engine import ConfigError, Trainer, setup_cfg
@@ -77,7 +76,7 @@ def to_openmmlab_name(d2_key):
         _, conv, rest = d2_key.split(".", 2)  # stem.conv2.norm.bias
         index = 3 * (int(conv[-1]) - 1)
         if rest.startswith("norm."):
-            return f"stem.{index + 1}.{rest[len('norm.'):]}"
+            return f"stem.{index + 1}.{rest[len('norm.') :]}"
         return f"stem.{index}.{rest}"
     stage, block, rest = d2_key.split(".", 2)
     layer = f"layer{int(stage[3:]) - 1}.{block}."
@@ -136,7 +135,8 @@ def test_cli_fills_the_v1c_nrd_backbone(tmp_path):
     assert "MODEL.RESNETS.STEM_OUT_CHANNELS 64" in r.stdout
     cfg = setup_cfg(os.path.join(CS, "nrd_R_50_84k_bs16.yaml"),
                     ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "BN",
-                     "MODEL.NRD.NORM", "BN"])  # fmt: skip
+                     "MODEL.NRD.NORM", "BN", "MODEL.NRD.INPUT_NORM", "BN",
+                     "MODEL.NRD.POOLING_NORM", "BN"])  # fmt: skip
     model = Trainer.build_model(cfg)
     ckpt = DetectionCheckpointer(model)
     incompatible = ckpt._load_model(ckpt._load_file(str(dst)))

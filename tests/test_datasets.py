@@ -9,19 +9,17 @@ import sys
 
 import numpy as np
 import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 import nrd_rsp  # noqa: F401  (registers the datasets)
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from nrd_rsp.data.datasets import (
+from nrd_rsp.data.catalog import DatasetNotFoundError, check_dataset_available
+from nrd_rsp.data.datasets.register_pascal_context import (
     PASCAL_CONTEXT_59_CLASSES,
-    DatasetNotFoundError,
-    ToyParams,
-    check_dataset_available,
     register_pascal_context,
-    toy_split_paths,
 )
 from nrd_rsp.data.toy import ensure_toy_dataset
+from nrd_rsp.data.toy.spec import ToyParams, toy_split_paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "datasets")
@@ -120,7 +118,8 @@ def test_pascal_context_loads_prepared_layout(tmp_path):
 _CHECK_SCRIPT = r"""
 import json, sys
 import nrd_rsp
-from nrd_rsp.data.datasets import check_dataset_available, register_toy_datasets
+from nrd_rsp.data.catalog import check_dataset_available
+from nrd_rsp.data.datasets.register_toy import register_toy_datasets
 out = {}
 for name in sys.argv[1:]:
     try:
@@ -252,7 +251,7 @@ def test_prepare_scripts_missing_input(tmp_path, script, args, missing):
     assert proc.returncode != 0
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.startswith(f"{script}: error:") and str(tmp_path / missing) in proc.stderr
+    assert proc.stderr.startswith(f"ERROR: {script}:") and str(tmp_path / missing) in proc.stderr
     # defaults come from $DETECTRON2_DATASETS
     proc = _run([_script(script)], env={"DETECTRON2_DATASETS": str(tmp_path)})
     assert proc.returncode != 0 and str(tmp_path / missing) in proc.stderr

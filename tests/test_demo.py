@@ -1,6 +1,7 @@
 """demo/demo.py draws semantic (Semantic FPN) and panoptic (RSP Panoptic FPN) predictions of a
 randomly initialised model on toy images (globs, several inputs) and on a small video, and
 answers bad inputs with one line and exit status 2."""
+
 import importlib.util
 import os
 import shutil
@@ -10,9 +11,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
-
 from conftest import ROOT, TOY_OPTS
-
 from detectron2.data import DatasetCatalog
 
 from nrd_rsp.engine import setup_cfg
@@ -24,7 +23,9 @@ OPTS = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *TOY_OPTS]
 
 
 def _run(args, timeout=600):
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _load_demo():
@@ -62,7 +63,9 @@ def _assert_drawn(out_path, in_path):
 def test_semantic_demo_on_glob(toy_images, tmp_path):
     d, paths = toy_images
     ext = os.path.splitext(paths[0])[1]
-    r = _run(["--config-file", SEM_CFG, "--input", str(d / f"*{ext}"), "--output", str(tmp_path), *OPTS])
+    r = _run(
+        ["--config-file", SEM_CFG, "--input", str(d / f"*{ext}"), "--output", str(tmp_path), *OPTS]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "3/3" in r.stderr  # tqdm progress bar over the inputs
     for p in paths:
@@ -80,8 +83,19 @@ def test_panoptic_demo_on_video(toy_images, tmp_path):
         writer.write(f)
     writer.release()
     out_dir = tmp_path / "out"
-    r = _run(["--config-file", PAN_CFG, "--video-input", str(video), "--output", str(out_dir),
-              "--confidence-threshold", "0.0", *OPTS])
+    r = _run(
+        [
+            "--config-file",
+            PAN_CFG,
+            "--video-input",
+            str(video),
+            "--output",
+            str(out_dir),
+            "--confidence-threshold",
+            "0.0",
+            *OPTS,
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     cap = cv2.VideoCapture(str(out_dir / "clip.mp4"))
     out_frames = []
@@ -99,7 +113,9 @@ def test_panoptic_demo_on_video(toy_images, tmp_path):
 
 def test_inputs_and_overrides_are_split():
     demo = _load_demo()
-    inputs, opts = demo.split_inputs_and_opts(["a.png", "b*.jpg", "MODEL.WEIGHTS", "w.pth"], ["SEED", "1"])
+    inputs, opts = demo.split_inputs_and_opts(
+        ["a.png", "b*.jpg", "MODEL.WEIGHTS", "w.pth"], ["SEED", "1"]
+    )
     assert inputs == ["a.png", "b*.jpg"] and opts == ["MODEL.WEIGHTS", "w.pth", "SEED", "1"]
     assert demo.split_inputs_and_opts(["IMG.PNG"], []) == (["IMG.PNG"], [])
 

@@ -1,6 +1,7 @@
 """tools/export_model.py: TorchScript and ONNX exports of the semantic models compute the same
 logits as the eager model (max |diff| <= 1e-3, fp32), also on an input they were not traced with;
 the CLI writes a working model.onnx + export_info.json and refuses what it cannot export."""
+
 import importlib.util
 import json
 import os
@@ -9,24 +10,26 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
 from conftest import ROOT, TOY_OPTS
 
 from nrd_rsp.engine import setup_cfg
 
 TOL = 1e-3
 CPU_BN = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "BN"]
+NRD_BN = ["MODEL.NRD.NORM", "BN", "MODEL.NRD.INPUT_NORM", "BN", "MODEL.NRD.POOLING_NORM", "BN"]
 CASES = {
     # config -> (extra opts, input size)
     "Cityscapes-SemanticSegmentation/rsp_R_50_FPN_90k_bs16.yaml": (CPU_BN, (96, 192)),
-    "Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml": (CPU_BN + ["MODEL.NRD.NORM", "BN"], (96, 192)),
+    "Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml": (CPU_BN + NRD_BN, (96, 192)),
     # 100 x 150 is not a multiple of the FPN's 32: the padding and the crop back are traced too.
     "Toy/semantic_fpn_R_18_toy.yaml": (CPU_BN + TOY_OPTS, (100, 150)),
 }
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("export_model", os.path.join(ROOT, "tools", "export_model.py"))
+    spec = importlib.util.spec_from_file_location(
+        "export_model", os.path.join(ROOT, "tools", "export_model.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -90,8 +93,17 @@ def test_syncbn_model_exports_as_frozen_bn(tmp_path):
     # Real-dataset configs use SyncBN; in eval mode it is BN, exported as FrozenBatchNorm2d.
     cfg = setup_cfg(
         os.path.join(ROOT, "configs", "Toy/semantic_fpn_R_18_toy.yaml"),
-        ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "SyncBN", "OUTPUT_DIR", str(tmp_path),
-         *TOY_OPTS],
+        [
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.RESNETS.NORM",
+            "SyncBN",
+            "OUTPUT_DIR",
+            str(tmp_path),
+            *TOY_OPTS,
+        ],
     )
     torch.manual_seed(0)
     wrapper = export_model.build_export_model(cfg)
@@ -114,8 +126,20 @@ def test_cli_onnx_export_with_weights(tmp_path, capsys):
     torch.save({"model": model.state_dict()}, weights)
     out = tmp_path / "onnx"
     rc = export_model.main(
-        ["--config-file", config, "--format", "onnx", "--output", str(out), "--input-size", "96", "128",
-         *opts, "MODEL.WEIGHTS", str(weights)]
+        [
+            "--config-file",
+            config,
+            "--format",
+            "onnx",
+            "--output",
+            str(out),
+            "--input-size",
+            "96",
+            "128",
+            *opts,
+            "MODEL.WEIGHTS",
+            str(weights),
+        ]
     )
     assert rc == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(out / "model.onnx")
@@ -133,16 +157,41 @@ def test_cli_onnx_export_with_weights(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--config-file", f"{ROOT}/configs/Toy/panoptic_fpn_R_18_toy.yaml", "--format", "onnx"], "Only semantic"),
-        (["--config-file", f"{ROOT}/configs/Toy/nope.yaml", "--format", "onnx"], "Config file not found"),
-        (["--config-file", f"{ROOT}/configs/Toy/semantic_fpn_R_18_toy.yaml", "--format", "tflite"], "invalid choice"),
-        (["--config-file", f"{ROOT}/configs/Toy/semantic_fpn_R_18_toy.yaml", "--format", "onnx",
-          "MODEL.WEIGHTS", "/nonexistent/w.pth"], "MODEL.WEIGHTS file not found"),
+        (
+            ["--config-file", f"{ROOT}/configs/Toy/panoptic_fpn_R_18_toy.yaml", "--format", "onnx"],
+            "Only semantic",
+        ),
+        (
+            ["--config-file", f"{ROOT}/configs/Toy/nope.yaml", "--format", "onnx"],
+            "Config file not found",
+        ),
+        (
+            [
+                "--config-file",
+                f"{ROOT}/configs/Toy/semantic_fpn_R_18_toy.yaml",
+                "--format",
+                "tflite",
+            ],
+            "invalid choice",
+        ),
+        (
+            [
+                "--config-file",
+                f"{ROOT}/configs/Toy/semantic_fpn_R_18_toy.yaml",
+                "--format",
+                "onnx",
+                "MODEL.WEIGHTS",
+                "/nonexistent/w.pth",
+            ],
+            "MODEL.WEIGHTS file not found",
+        ),
     ],
 )
 def test_cli_errors_are_one_line(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
-        export_model.main([*argv[:2], *argv[2:4], "--output", str(tmp_path), *argv[4:], "MODEL.DEVICE", "cpu"])
+        export_model.main(
+            [*argv[:2], *argv[2:4], "--output", str(tmp_path), *argv[4:], "MODEL.DEVICE", "cpu"]
+        )
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ERROR:") and message in err and "\n" not in err

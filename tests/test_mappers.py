@@ -1,11 +1,11 @@
 """Training mappers: augmentation output shapes, label/image alignment, padding, errors;
 photometric distortion (RGB/BGR equivalence, known values, parameter distributions) and the
 keep-ratio random resize for portrait and landscape images."""
+
 import cv2
 import numpy as np
 import pytest
 import torch
-
 from detectron2.config import get_cfg
 from detectron2.data import transforms as T
 
@@ -40,8 +40,12 @@ def _write_sample(tmp_path, h=100, w=150, label_shape=None):
         label = cv2.resize(label, label_shape[::-1], interpolation=cv2.INTER_NEAREST)
     cv2.imwrite(str(tmp_path / "img.png"), img)  # BGR on disk; red = channel 2
     cv2.imwrite(str(tmp_path / "lbl.png"), label)
-    return {"file_name": str(tmp_path / "img.png"), "sem_seg_file_name": str(tmp_path / "lbl.png"),
-            "height": h, "width": w}
+    return {
+        "file_name": str(tmp_path / "img.png"),
+        "sem_seg_file_name": str(tmp_path / "lbl.png"),
+        "height": h,
+        "width": w,
+    }
 
 
 def test_semantic_mapper_shapes_alignment_and_padding(tmp_path):
@@ -120,6 +124,7 @@ def test_panoptic_fpn_mapper_gives_instances_and_stuff_map(tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # Photometric distortion: RGB / BGR equivalence, known values, parameter distributions
+
 
 def _colourful(h=24, w=32, seed=0):
     """Saturated and grey pixels of every hue (so luminance weights and hue shifts matter)."""
@@ -276,8 +281,9 @@ def test_semantic_mapper_rgb_bgr_equivalence(tmp_path, kind):
     d = _write_sample(tmp_path, h=128, w=160)
     outs = {}
     for fmt in ("RGB", "BGR"):
-        mapper = SemanticSegDatasetMapper(_cfg(**{"INPUT.FORMAT": fmt,
-                                                  "INPUT.COLOR_AUG_TYPE": kind}), True)
+        mapper = SemanticSegDatasetMapper(
+            _cfg(**{"INPUT.FORMAT": fmt, "INPUT.COLOR_AUG_TYPE": kind}), True
+        )
         outs[fmt] = []
         for seed in range(6):
             np.random.seed(seed)

@@ -1,18 +1,19 @@
 """nrd_rsp.model_zoo mirrors detectron2.model_zoo: config paths relative to configs/ (found from
 the checkout or $NRD_RSP_CONFIGS), clear errors for unknown paths and unpublished checkpoints,
 and a URL table + MODEL_ZOO.md row for every config."""
+
 import os
 import re
 import shutil
 
 import pytest
 import torch
-
 from conftest import ROOT, TOY_OPTS
 
 from nrd_rsp import model_zoo
+from nrd_rsp.checkpoint import CheckpointMismatchError
 from nrd_rsp.engine import ConfigError
-from nrd_rsp.modeling.nrd import NRDHead
+from nrd_rsp.modeling.nrd_head import NRDHead
 from nrd_rsp.modeling.rsp import RSPSemSegHead
 
 CONFIGS = os.path.join(ROOT, "configs")
@@ -47,9 +48,14 @@ def test_env_var_overrides_configs_dir(tmp_path, monkeypatch):
     "path, suggestion",
     [
         ("Toy/rsp_R_18.yaml", "Toy/rsp_R_18_toy.yaml"),
-        ("rsp_R_50_FPN_90k_bs16.yaml", "Cityscapes-SemanticSegmentation/rsp_R_50_FPN_90k_bs16.yaml"),
-        ("Cityscapes-SemanticSegmentation/nrd_R_50_90k_bs16.yaml",
-         "Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml"),
+        (
+            "rsp_R_50_FPN_90k_bs16.yaml",
+            "Cityscapes-SemanticSegmentation/rsp_R_50_FPN_90k_bs16.yaml",
+        ),
+        (
+            "Cityscapes-SemanticSegmentation/nrd_R_50_90k_bs16.yaml",
+            "Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml",
+        ),
     ],
 )
 def test_unknown_path_lists_close_matches(path, suggestion):
@@ -77,7 +83,9 @@ def test_every_config_loads(config):
 
 
 def test_trained_without_published_checkpoint_is_a_clear_error():
-    with pytest.raises(model_zoo.ModelZooError, match="No checkpoint is published for 'Toy/rsp_R_18_toy.yaml'"):
+    with pytest.raises(
+        model_zoo.ModelZooError, match="No checkpoint is published for 'Toy/rsp_R_18_toy.yaml'"
+    ):
         model_zoo.get_config("Toy/rsp_R_18_toy.yaml", trained=True)
     with pytest.raises(model_zoo.ModelZooError, match="No checkpoint is published"):
         model_zoo.get("Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml", trained=True)
@@ -88,7 +96,9 @@ def test_get_random_init_models():
     assert isinstance(m.sem_seg_head, NRDHead) and m.training and m.device.type == "cpu"
     # real-dataset config: MODEL.WEIGHTS "" avoids the ImageNet download
     m = model_zoo.get(
-        "Cityscapes-SemanticSegmentation/rsp_R_50_FPN_90k_bs16.yaml", device="cpu", opts=["MODEL.WEIGHTS", ""]
+        "Cityscapes-SemanticSegmentation/rsp_R_50_FPN_90k_bs16.yaml",
+        device="cpu",
+        opts=["MODEL.WEIGHTS", ""],
     )
     assert isinstance(m.sem_seg_head, RSPSemSegHead)
     assert m.sem_seg_head.predictor.out_channels == 19
@@ -109,6 +119,18 @@ def test_get_trained_loads_the_published_weights(tmp_path, monkeypatch):
     model = model_zoo.get("Toy/semantic_fpn_R_18_toy.yaml", trained=True, opts=TOY_OPTS)
     expected = src.state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+
+
+def test_get_trained_loads_strictly(tmp_path, monkeypatch):
+    # A published checkpoint must hold every model tensor with its shape (README "Checked weights").
+    src = model_zoo.get(
+        "Toy/semantic_fpn_R_18_toy.yaml", opts=[*TOY_OPTS, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "6"]
+    )
+    path = tmp_path / "model_final_abcdef.pth"
+    torch.save({"model": src.state_dict()}, path)
+    monkeypatch.setitem(model_zoo.CHECKPOINT_URLS, "Toy/semantic_fpn_R_18_toy", str(path))
+    with pytest.raises(CheckpointMismatchError, match="2 have another shape"):
+        model_zoo.get("Toy/semantic_fpn_R_18_toy.yaml", trained=True, opts=TOY_OPTS)
 
 
 def test_url_table_and_model_zoo_md_cover_every_config():

@@ -1,28 +1,27 @@
 """NRD head (docs/NRD.md): parameter count and layout, dynamic decoding against a per-patch loop,
 shapes, training, auxiliary head, Panoptic FPN integration. FLOPs: test_nrd_flops.py."""
+
 import math
 import os
 
 import numpy as np
 import pytest
 import torch
-from torch.nn import functional as F
-
+from conftest import panoptic_batch
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY, PanopticFPN, build_model
 from detectron2.utils.analysis import FlopCountAnalysis
 from detectron2.utils.events import EventStorage
+from torch.nn import functional as F
 
 from nrd_rsp import add_nrd_rsp_config
-from nrd_rsp.modeling.nrd import (
-    NRDHead,
+from nrd_rsp.modeling.dynamic_mlp import (
     dynamic_param_layout,
     num_dynamic_params,
     relative_coordinates,
 )
-
-from conftest import panoptic_batch
+from nrd_rsp.modeling.nrd_head import NRDHead
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_CFG = os.path.join(ROOT, "configs/Toy/nrd_R_18_toy.yaml")
@@ -58,8 +57,12 @@ SHAPES = {
 
 def small_head(num_classes=5, **kwargs):
     args = dict(
-        num_classes=num_classes, aspp_channels=16, controller_channels=16, aux_channels=8,
-        guidance_proj_channels=8, ignore_value=255,
+        num_classes=num_classes,
+        aspp_channels=16,
+        controller_channels=16,
+        aux_channels=8,
+        guidance_conv_channels=8,
+        ignore_value=255,
     )
     args.update(kwargs)
     return NRDHead(SHAPES, **args)
@@ -95,8 +98,12 @@ def test_controller_outputs_exactly_p_channels(num_classes, expected):
 def test_param_layout_and_controller_init():
     layout = dynamic_param_layout([18, 16, 16, 19])
     assert layout == [
-        ("weight0", (16, 18)), ("bias0", (16,)), ("weight1", (16, 16)), ("bias1", (16,)),
-        ("weight2", (19, 16)), ("bias2", (19,)),
+        ("weight0", (16, 18)),
+        ("bias0", (16,)),
+        ("weight1", (16, 16)),
+        ("bias1", (16,)),
+        ("weight2", (19, 16)),
+        ("bias2", (19,)),
     ]
     head = small_head(num_classes=19)
     last = head.controller[-1]
@@ -126,8 +133,13 @@ def test_fourier_features_widen_the_mlp_input():
 
 
 def test_input_norm_is_separate_from_the_conv_norm():
-    gn_widths = dict(guidance_channels=30, aspp_channels=32, controller_channels=32,
-                     guidance_proj_channels=32, aux_channels=32)  # 32-group GN everywhere
+    gn_widths = dict(
+        guidance_channels=30,
+        aspp_channels=32,
+        controller_channels=32,
+        guidance_conv_channels=32,
+        aux_channels=32,
+    )  # 32-group GN everywhere
     # default (input_norm unset): the MLP input follows the head's norm
     head = small_head(norm="GN", **gn_widths)
     assert isinstance(head.input_norm, torch.nn.GroupNorm) and head.input_norm.num_channels == 32
@@ -139,7 +151,13 @@ def test_input_norm_is_separate_from_the_conv_norm():
     assert isinstance(head.aspp.project.norm, torch.nn.GroupNorm)
     cfg = load_cfg(TOY_CFG)
     assert (cfg.MODEL.NRD.NORM, cfg.MODEL.NRD.INPUT_NORM) == ("GN", "BN")
-    assert load_cfg().MODEL.NRD.INPUT_NORM == ""  # follows MODEL.NRD.NORM
+    # The config key is explicit (default BN, the authors' BatchNorm); "" is no norm.
+    assert load_cfg().MODEL.NRD.INPUT_NORM == "BN"
+    head = SEM_SEG_HEADS_REGISTRY.get("NRDHead")(load_cfg(None, "MODEL.NRD.INPUT_NORM", ""), SHAPES)
+    assert isinstance(head.input_norm, torch.nn.Identity)
+    assert not any(k.startswith("input_norm.") for k in head.state_dict())
+    with pytest.raises(ValueError, match="INPUT_NORM"):
+        small_head(input_norm="none")
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,7 +170,7 @@ def naive_patch_mlp(params_ij, pixels, c_in, hidden, k):
 
     def take(n):
         nonlocal offset
-        out = params_ij[offset:offset + n]
+        out = params_ij[offset : offset + n]
         offset += n
         return out
 
@@ -180,10 +198,10 @@ def test_batched_decoder_matches_per_patch_loop(r, h, w):
     for b in range(n):
         for i in range(h):
             for j in range(w):
-                patch = inputs[b, :, i * r:(i + 1) * r, j * r:(j + 1) * r]  # [C, r, r]
+                patch = inputs[b, :, i * r : (i + 1) * r, j * r : (j + 1) * r]  # [C, r, r]
                 pixels = patch.reshape(c_in, r * r).T
                 expected = naive_patch_mlp(params[b, :, i, j], pixels, c_in, hidden, k)
-                got = out[b, :, i * r:(i + 1) * r, j * r:(j + 1) * r].reshape(k, r * r).T
+                got = out[b, :, i * r : (i + 1) * r, j * r : (j + 1) * r].reshape(k, r * r).T
                 torch.testing.assert_close(got, expected)
     # Different locations really use different weights: swapping two locations' parameters
     # changes only their patches.
@@ -310,14 +328,14 @@ def test_loss_weights_and_ignore_value():
     for avg_non_ignore, valid_share in [(False, 0.5), (True, 1.0)]:
         torch.manual_seed(0)
         head = small_head(aux_in_feature="", avg_non_ignore=avg_non_ignore).train()
-        _, l = head(feats, targets)
-        assert set(l) == {"loss_sem_seg"}
+        _, losses = head(feats, targets)
+        assert set(losses) == {"loss_sem_seg"}
         logits = F.interpolate(
             head.layers(feats), size=(64, 64), mode="bilinear", align_corners=False
         )
         per_pixel = -F.log_softmax(logits, 1).gather(1, targets.clamp(max=4)[:, None])[:, 0]
         valid_mean = per_pixel[:, 32:].mean()  # rows 32.. are the valid half
-        torch.testing.assert_close(l["loss_sem_seg"], valid_mean * valid_share)
+        torch.testing.assert_close(losses["loss_sem_seg"], valid_mean * valid_share)
 
 
 def test_aux_head_runs_in_training_only():
@@ -399,12 +417,18 @@ def test_aux_loss_aligned_with_labels_on_250x300():
 
 def test_pooling_norm_changes_only_the_pooling_conv():
     default = small_head()  # authors: 1x1 conv + norm (here BN) + ReLU, no bias
-    plain = small_head(pooling_norm="none")  # Detectron2's ASPP: 1x1 conv with bias + ReLU
+    plain = small_head(pooling_norm="")  # Detectron2's ASPP: 1x1 conv with bias + ReLU
     assert isinstance(default.aspp.pool_conv.norm, torch.nn.BatchNorm2d)
     assert default.aspp.pool_conv.bias is None
     assert plain.aspp.pool_conv.norm is None and plain.aspp.pool_conv.bias is not None
-    gn = small_head(norm="GN", aspp_channels=32, controller_channels=32, guidance_proj_channels=32,
-                    aux_channels=32, guidance_channels=30)
+    gn = small_head(
+        norm="GN",
+        aspp_channels=32,
+        controller_channels=32,
+        guidance_conv_channels=32,
+        aux_channels=32,
+        guidance_channels=30,
+    )
     assert isinstance(gn.aspp.pool_conv.norm, torch.nn.GroupNorm)  # follows NORM
     keys_default, keys_plain = set(default.state_dict()), set(plain.state_dict())
     assert keys_default - keys_plain == {
@@ -412,11 +436,14 @@ def test_pooling_norm_changes_only_the_pooling_conv():
         for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
     }
     assert keys_plain - keys_default == {"aspp.pool_conv.bias"}
-    # The config key: "" follows MODEL.NRD.NORM, "none" removes the norm.
-    assert load_cfg().MODEL.NRD.POOLING_NORM == ""
-    head = SEM_SEG_HEADS_REGISTRY.get("NRDHead")(load_cfg(None, "MODEL.NRD.POOLING_NORM", "none"),
-                                                 SHAPES)
+    # The config key is explicit (default BN, the authors' conv + norm); "" removes the norm.
+    assert load_cfg().MODEL.NRD.POOLING_NORM == "BN"
+    head = SEM_SEG_HEADS_REGISTRY.get("NRDHead")(
+        load_cfg(None, "MODEL.NRD.POOLING_NORM", ""), SHAPES
+    )
     assert head.aspp.pool_conv.norm is None
+    with pytest.raises(ValueError, match='POOLING_NORM: "none" is not a norm'):
+        small_head(pooling_norm="none")
     # The pooled branch's value is norm(conv(mean(x))) + ReLU, broadcast over the map.
     default.eval()
     x = torch.randn(2, 32, 3, 4)
@@ -439,12 +466,18 @@ def test_panoptic_semantic_branch(meta_arch):
     else:  # Detectron2's own PanopticFPN with NRDHead on its p5 / p2
         cfg = load_cfg(
             TOY_PAN_BASE_CFG,
-            "MODEL.SEM_SEG_HEAD.NAME", "NRDHead",
-            "MODEL.NRD.CONTROLLER_IN_FEATURE", "p5",
-            "MODEL.NRD.GUIDANCE_IN_FEATURE", "p2",
-            "MODEL.NRD.AUX_IN_FEATURE", "",
-            "MODEL.NRD.ASPP_CHANNELS", "32",
-            "MODEL.NRD.CONTROLLER_CHANNELS", "32",
+            "MODEL.SEM_SEG_HEAD.NAME",
+            "NRDHead",
+            "MODEL.NRD.CONTROLLER_IN_FEATURE",
+            "p5",
+            "MODEL.NRD.GUIDANCE_IN_FEATURE",
+            "p2",
+            "MODEL.NRD.AUX_IN_FEATURE",
+            "",
+            "MODEL.NRD.ASPP_CHANNELS",
+            "32",
+            "MODEL.NRD.CONTROLLER_CHANNELS",
+            "32",
             *avg,
         )
     model = build_model(cfg).train()

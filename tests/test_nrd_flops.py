@@ -3,11 +3,11 @@ counted with Detectron2's fvcore-based ``FlopCountAnalysis`` (1 multiply-add = 1
 Detectron2's own DeepLabV3+ decoder (R-50, output stride 16). docs/NRD.md quotes these numbers.
 
 Each 1024x2048 forward runs once per session (module-scoped fixtures, no_grad)."""
+
 import os
 
 import pytest
 import torch
-
 from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model, build_sem_seg_head
 from detectron2.utils.analysis import FlopCountAnalysis
@@ -67,26 +67,46 @@ def deeplabv3plus_decoder_flops():
     """Detectron2's DeepLabV3PlusHead as in its Cityscapes config (R-50 deep stem, OS 16)."""
     cfg = _cfg(
         None,
-        "MODEL.BACKBONE.NAME", "build_resnet_deeplab_backbone",
-        "MODEL.RESNETS.DEPTH", "50",
-        "MODEL.RESNETS.NORM", "BN",
-        "MODEL.RESNETS.OUT_FEATURES", '["res2", "res5"]',
-        "MODEL.RESNETS.STEM_TYPE", "deeplab",
-        "MODEL.RESNETS.STEM_OUT_CHANNELS", "128",
-        "MODEL.RESNETS.STRIDE_IN_1X1", "False",
-        "MODEL.RESNETS.RES5_DILATION", "2",
-        "MODEL.RESNETS.RES5_MULTI_GRID", "[1, 2, 4]",
-        "MODEL.SEM_SEG_HEAD.NAME", "DeepLabV3PlusHead",
-        "MODEL.SEM_SEG_HEAD.IN_FEATURES", '["res2", "res5"]',
-        "MODEL.SEM_SEG_HEAD.PROJECT_FEATURES", '["res2"]',
-        "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS", "[48]",
-        "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "256",
-        "MODEL.SEM_SEG_HEAD.ASPP_DILATIONS", "[6, 12, 18]",
-        "MODEL.SEM_SEG_HEAD.CONVS_DIM", "256",
-        "MODEL.SEM_SEG_HEAD.COMMON_STRIDE", "4",
-        "MODEL.SEM_SEG_HEAD.NORM", "BN",
-        "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "19",
-        "INPUT.CROP.ENABLED", "False",  # global image pooling
+        "MODEL.BACKBONE.NAME",
+        "build_resnet_deeplab_backbone",
+        "MODEL.RESNETS.DEPTH",
+        "50",
+        "MODEL.RESNETS.NORM",
+        "BN",
+        "MODEL.RESNETS.OUT_FEATURES",
+        '["res2", "res5"]',
+        "MODEL.RESNETS.STEM_TYPE",
+        "deeplab",
+        "MODEL.RESNETS.STEM_OUT_CHANNELS",
+        "128",
+        "MODEL.RESNETS.STRIDE_IN_1X1",
+        "False",
+        "MODEL.RESNETS.RES5_DILATION",
+        "2",
+        "MODEL.RESNETS.RES5_MULTI_GRID",
+        "[1, 2, 4]",
+        "MODEL.SEM_SEG_HEAD.NAME",
+        "DeepLabV3PlusHead",
+        "MODEL.SEM_SEG_HEAD.IN_FEATURES",
+        '["res2", "res5"]',
+        "MODEL.SEM_SEG_HEAD.PROJECT_FEATURES",
+        '["res2"]',
+        "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS",
+        "[48]",
+        "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS",
+        "256",
+        "MODEL.SEM_SEG_HEAD.ASPP_DILATIONS",
+        "[6, 12, 18]",
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+        "256",
+        "MODEL.SEM_SEG_HEAD.COMMON_STRIDE",
+        "4",
+        "MODEL.SEM_SEG_HEAD.NORM",
+        "BN",
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+        "19",
+        "INPUT.CROP.ENABLED",
+        "False",  # global image pooling
     )
     shapes = build_backbone(cfg).output_shape()
     assert shapes["res5"].stride == 16 and shapes["res2"].stride == 4

@@ -1,6 +1,7 @@
 """The NRD authors' training recipe (docs/NRD.md, "Training recipe"): the recipe table against
 the shipped configs, the config variants, and the poly schedule with a floor against mmcv's
 ``PolyLrUpdaterHook`` formula."""
+
 import math
 import os
 import re
@@ -8,7 +9,6 @@ import re
 import pytest
 import torch
 import yaml
-
 from detectron2.config import get_cfg
 from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR as D2WarmupPolyLR
 
@@ -43,7 +43,9 @@ def recipe_rows():
     """``[(fact, authors, key, {column: value})]`` of the recipe table in docs/NRD.md; values are
     the YAML literals between backticks."""
     lines = open(DOC).read().splitlines()
-    header = next(i for i, l in enumerate(lines) if l.startswith("| fact | authors (source) |"))
+    header = next(
+        i for i, line in enumerate(lines) if line.startswith("| fact | authors (source) |")
+    )
     columns = [c.strip() for c in lines[header].strip("|").split("|")]
     assert columns[3:] == list(TABLE_CONFIGS), columns
     rows = []
@@ -129,8 +131,10 @@ def test_other_recipes_keep_their_defaults():
     assert cfg.SOLVER.WEIGHT_DECAY_NORM == 0.0 and cfg.SOLVER.WARMUP_ITERS == 1000
     default = get_cfg()
     add_nrd_rsp_config(default)
-    # MODEL.NRD keys default to the authors' values.
-    assert default.MODEL.NRD.POOLING_NORM == "" and default.MODEL.NRD.LOSS_AVG_NON_IGNORE is False
+    # MODEL.NRD keys default to the authors' values (norms: BatchNorm, as MODEL.NRD.NORM).
+    assert default.MODEL.NRD.LOSS_AVG_NON_IGNORE is False
+    nrd = default.MODEL.NRD
+    assert nrd.NORM == nrd.INPUT_NORM == nrd.POOLING_NORM == "BN"
 
 
 # --------------------------------------------------------------------------------------------

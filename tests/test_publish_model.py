@@ -1,6 +1,8 @@
 """tools/publish_model.py: a training checkpoint loses optimizer/trainer/iteration state, becomes
 model_final_<sha256[:6]>.pth with a metrics.json sidecar, loads with DetectionCheckpointer in a
-fresh process (train_net.py --eval-only), and evaluates to exactly the metrics measured before publishing."""
+fresh process (train_net.py --eval-only), and evaluates to exactly the metrics measured before
+publishing."""
+
 import hashlib
 import importlib.util
 import json
@@ -11,9 +13,7 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT, TOY_OPTS, run_train_net
-
 from detectron2.checkpoint import DetectionCheckpointer
 
 from nrd_rsp.engine import Trainer, setup_cfg
@@ -38,9 +38,21 @@ def _sha256(path):
 
 def _opts(out):
     return [
-        "OUTPUT_DIR", str(out), *TOY_OPTS, "MODEL.DEVICE", "cpu",
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1",
-        "DATALOADER.NUM_WORKERS", "0", "TEST.NUM_VIS_IMAGES", "0",
+        "OUTPUT_DIR",
+        str(out),
+        *TOY_OPTS,
+        "MODEL.DEVICE",
+        "cpu",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        "2",
+        "SOLVER.WARMUP_ITERS",
+        "1",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "TEST.NUM_VIS_IMAGES",
+        "0",
     ]
 
 
@@ -55,9 +67,18 @@ def trained(tmp_path_factory):
 def test_publish_then_eval_gives_same_metrics(trained, tmp_path):
     release = tmp_path / "release"
     r = subprocess.run(
-        [sys.executable, SCRIPT, str(trained / "model_final.pth"), "--metrics", str(trained / "eval_results.json"),
-         "--output-dir", str(release)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            SCRIPT,
+            str(trained / "model_final.pth"),
+            "--metrics",
+            str(trained / "eval_results.json"),
+            "--output-dir",
+            str(release),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     published = r.stdout.strip().splitlines()[-1]
@@ -99,7 +120,9 @@ def test_publish_then_eval_gives_same_metrics(trained, tmp_path):
     # Evaluating the published file in a fresh process (train_net.py --eval-only loads it with
     # a strict DetectionCheckpointer) reproduces the metrics measured at the end of training.
     eval_dir = tmp_path / "eval"
-    r = run_train_net(["--config-file", SEM_CFG, "--eval-only", *_opts(eval_dir), "MODEL.WEIGHTS", published])
+    r = run_train_net(
+        ["--config-file", SEM_CFG, "--eval-only", *_opts(eval_dir), "MODEL.WEIGHTS", published]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     after = json.loads((eval_dir / "eval_results.json").read_text())
     assert after["sem_seg"]["mIoU"] == before["sem_seg"]["mIoU"]
@@ -108,6 +131,7 @@ def test_publish_then_eval_gives_same_metrics(trained, tmp_path):
 
 # --- in-process unit tests on synthetic checkpoints ---------------------------------------------
 
+
 def _fake_checkpoint(path, prefix=""):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
@@ -115,8 +139,16 @@ def _fake_checkpoint(path, prefix=""):
     model(torch.randn(2, 3, 8, 8)).sum().backward()
     opt.step()
     state = {prefix + k: v for k, v in model.state_dict().items()}
-    torch.save({"model": state, "optimizer": opt.state_dict(), "scheduler": {"last_epoch": 3},
-                "iteration": 3, "__author__": "me"}, path)
+    torch.save(
+        {
+            "model": state,
+            "optimizer": opt.state_dict(),
+            "scheduler": {"last_epoch": 3},
+            "iteration": 3,
+            "__author__": "me",
+        },
+        path,
+    )
     return model.state_dict()
 
 
@@ -133,7 +165,9 @@ def test_publish_strips_state_and_prefix(tmp_path):
     assert sidecar["metrics"] == {"sem_seg": {"mIoU": 12.5}}
     assert sidecar["source"]["dropped_keys"] == ["iteration", "optimizer", "scheduler"]
     assert sidecar["source"]["iteration"] == 3
-    assert sidecar["state_dict_numel"] == sum(v.numel() for v in weights.values() if v.is_floating_point())
+    assert sidecar["state_dict_numel"] == sum(
+        v.numel() for v in weights.values() if v.is_floating_point()
+    )
     assert json.loads((tmp_path / "published" / "metrics.json").read_text()) == sidecar
     # publishing the same weights again gives the same file name (content-addressed)
     out2, _ = publish_model.publish(str(tmp_path / "model_0000003.pth"))
@@ -142,19 +176,24 @@ def test_publish_strips_state_and_prefix(tmp_path):
 
 def test_refuses_to_overwrite_training_log(tmp_path):
     _fake_checkpoint(tmp_path / "model_final.pth")
-    (tmp_path / "metrics.json").write_text('{"iteration": 0, "total_loss": 1.0}\n{"iteration": 1}\n')
+    (tmp_path / "metrics.json").write_text(
+        '{"iteration": 0, "total_loss": 1.0}\n{"iteration": 1}\n'
+    )
     with pytest.raises(publish_model.ConfigError, match="not a publish_model.py sidecar"):
         publish_model.publish(str(tmp_path / "model_final.pth"), output_dir=str(tmp_path))
     assert not any(p.startswith("model_final_") for p in os.listdir(tmp_path))
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "Checkpoint not found"),
-    ("text", "Cannot read"),
-    ("no_model", "non-tensor entries"),
-    ("missing_metrics", "Metrics file not found"),
-    ("no_args", "the following arguments are required"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "Checkpoint not found"),
+        ("text", "Cannot read"),
+        ("no_model", "non-tensor entries"),
+        ("missing_metrics", "Metrics file not found"),
+        ("no_args", "the following arguments are required"),
+    ],
+)
 def test_errors_are_one_line(case, message, tmp_path, capsys):
     ckpt = tmp_path / "model_final.pth"
     argv = [str(ckpt), "--output-dir", str(tmp_path / "out")]

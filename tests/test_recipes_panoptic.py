@@ -1,12 +1,12 @@
 """The COCO panoptic configs against Detectron2's model zoo, key by key (docs/RSP.md, "Training
 recipe of the COCO panoptic configs"), the mappers and LR schedule those keys produce, and one
 semantic branch for RSP Panoptic FPN in the COCO configs and the toy quickstart."""
+
 import os
 import warnings
 
 import pytest
 import torch
-
 from detectron2 import model_zoo
 from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper
@@ -14,7 +14,7 @@ from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
 
 from nrd_rsp import add_nrd_rsp_config
 from nrd_rsp.data.mappers import build_test_mapper, build_train_mapper
-from nrd_rsp.data.robust import build_resumable_train_loader
+from nrd_rsp.data.resumable_loader import build_resumable_train_loader
 from nrd_rsp.engine import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,9 +37,11 @@ ALLOWED = {
 # semantic head"): the RSP head, and the semantic head's type and inputs (not its class count,
 # ignore value or loss weight).
 RSP_ALLOWED = ALLOWED | {
-    "MODEL.META_ARCHITECTURE", "MODEL.SEM_SEG_HEAD.NAME", "MODEL.SEM_SEG_HEAD.IN_FEATURES"
+    "MODEL.META_ARCHITECTURE",
+    "MODEL.SEM_SEG_HEAD.NAME",
+    "MODEL.SEM_SEG_HEAD.IN_FEATURES",
 }
-RSP_ALLOWED_PREFIXES = ("MODEL.RSP.", "MODEL.NRD.")
+RSP_ALLOWED_PREFIXES = ("MODEL.RSP.", "MODEL.RSP_PANOPTIC_FPN.", "MODEL.NRD.")
 
 # Our config -> the zoo config of the same depth and schedule.
 ZOO_OF = {
@@ -120,8 +122,15 @@ def test_training_and_test_mappers_are_detectron2s():
     for mine, theirs in ((train, DatasetMapper(zoo, True)), (test, DatasetMapper(zoo, False))):
         assert isinstance(mine, DatasetMapper)
         assert _augs(mine) == _augs(theirs) and len(_augs(mine)) == (2 if mine.is_train else 1)
-        for attr in ("is_train", "image_format", "use_instance_mask", "instance_mask_format",
-                     "use_keypoint", "recompute_boxes", "proposal_topk"):
+        for attr in (
+            "is_train",
+            "image_format",
+            "use_instance_mask",
+            "instance_mask_format",
+            "use_keypoint",
+            "recompute_boxes",
+            "proposal_topk",
+        ):
             assert getattr(mine, attr) == getattr(theirs, attr), attr
     assert _augs(train) == [
         "ResizeShortestEdge(short_edge_length=(640, 672, 704, 736, 768, 800), max_size=1333, "
@@ -158,8 +167,15 @@ def test_lr_schedule_is_detectron2s():
 
 def _fake_dicts(n=40):
     """Dataset dicts of mixed orientation (every third portrait), no files."""
-    return [{"file_name": f"im{i}.jpg", "image_id": i, "height": 480 if i % 3 else 640,
-             "width": 640 if i % 3 else 480} for i in range(n)]
+    return [
+        {
+            "file_name": f"im{i}.jpg",
+            "image_id": i,
+            "height": 480 if i % 3 else 640,
+            "width": 640 if i % 3 else 480,
+        }
+        for i in range(n)
+    ]
 
 
 def _fake_mapper(d):
@@ -185,5 +201,6 @@ def test_toy_quickstart_uses_the_coco_semantic_branch():
     # The toy RSP model is the toy Panoptic FPN plus the RSP head, nothing else.
     diff = _diff(toy_rsp, toy_pfpn)
     assert {k for k in diff if not k.startswith("MODEL.RSP.")} == {
-        "MODEL.META_ARCHITECTURE", "OUTPUT_DIR"
+        "MODEL.META_ARCHITECTURE",
+        "OUTPUT_DIR",
     }

@@ -1,19 +1,21 @@
 """RSP head (docs/RSP.md): RSE against a per-pixel reference, shapes, training, checkpoints."""
+
+import functools
 import math
 
 import pytest
 import torch
-
+import yaml
+from conftest import panoptic_batch
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY, build_model
 from detectron2.utils.events import EventStorage
 
 from nrd_rsp import add_nrd_rsp_config
-from nrd_rsp.modeling.meta_arch import RSPPanopticFPN
+from nrd_rsp.config import RENAMED_KEYS
 from nrd_rsp.modeling.rsp import RSE, RSP, RSPHead, RSPSemSegHead
-
-from conftest import panoptic_batch
+from nrd_rsp.modeling.rsp_panoptic_fpn import RSPPanopticFPN
 
 SEM_CFG = "configs/Toy/rsp_R_18_toy.yaml"
 PAN_CFG = "configs/Toy/rsp_panoptic_fpn_R_18_toy.yaml"
@@ -128,11 +130,11 @@ def test_rse_rejects_too_small_coarse_map():
 
 
 def _pyramid(channels=32, size=(16, 20), n=1):
-    shapes = {f"p{l}": ShapeSpec(channels=channels, stride=2**l) for l in range(2, 7)}
+    shapes = {f"p{k}": ShapeSpec(channels=channels, stride=2**k) for k in range(2, 7)}
     h, w = size
     feats = {}
-    for l in range(2, 7):
-        feats[f"p{l}"] = torch.randn(n, channels, h, w)
+    for k in range(2, 7):
+        feats[f"p{k}"] = torch.randn(n, channels, h, w)
         h, w = (h + 1) // 2, (w + 1) // 2
     return shapes, feats
 
@@ -210,14 +212,32 @@ def test_semantic_model_output_size_not_divisible_by_32():
 
 
 def test_semantic_fusion_p2_classifies_from_p2_only():
-    cfg = load_cfg(SEM_CFG, "MODEL.RSP.SEM_SEG_FUSION", "p2")
+    cfg = load_cfg(SEM_CFG, "MODEL.SEM_SEG_HEAD.RSP_FUSION", "p2")
     model = build_model(cfg).eval()
     assert model.sem_seg_head.in_features == ["p2"]
     assert not hasattr(model.sem_seg_head, "p5")
     with torch.no_grad():
         assert model([{"image": _image()}])[0]["sem_seg"].shape == (8, 200, 250)
-    with pytest.raises(ValueError, match="SEM_SEG_FUSION"):
-        build_model(load_cfg(SEM_CFG, "MODEL.RSP.SEM_SEG_FUSION", "concat"))
+    with pytest.raises(ValueError, match="RSP_FUSION"):
+        build_model(load_cfg(SEM_CFG, "MODEL.SEM_SEG_HEAD.RSP_FUSION", "concat"))
+
+
+@pytest.mark.parametrize("old, new", sorted(RENAMED_KEYS.items()))
+def test_renamed_keys_fail_with_their_new_name(old, new, tmp_path):
+    """MODEL.RSP.SEM_SEG_FUSION, MODEL.RSP.INSTANCE_FEATURES (read by a head and a
+    meta-architecture, now in their nodes) and MODEL.NRD.GUIDANCE_PROJ_CHANNELS were renamed."""
+    cfg = get_cfg()
+    add_nrd_rsp_config(cfg)
+    value = functools.reduce(lambda node, part: node[part], new.split("."), cfg)
+    with pytest.raises(KeyError, match=f"{old} was renamed to {new}"):
+        cfg.clone().merge_from_list([old, str(value)])
+    nested = value
+    for part in reversed(old.split(".")):
+        nested = {part: nested}
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(nested))
+    with pytest.raises(KeyError, match=f"{old} was renamed to {new}"):
+        cfg.clone().merge_from_file(str(path))
 
 
 def _assert_rsp_grads(model, prefix):
@@ -246,13 +266,18 @@ def test_semantic_training_step():
 
 @pytest.mark.parametrize("instance_features", ["refined", "fpn"])
 def test_panoptic_training_step(instance_features):
-    cfg = load_cfg(PAN_CFG, "MODEL.RSP.INSTANCE_FEATURES", instance_features)
+    cfg = load_cfg(PAN_CFG, "MODEL.RSP_PANOPTIC_FPN.INSTANCE_FEATURES", instance_features)
     model = build_model(cfg).train()
     assert isinstance(model, RSPPanopticFPN)
     with EventStorage():
         losses = model(panoptic_batch())
     assert set(losses) == {
-        "loss_sem_seg", "loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"
+        "loss_sem_seg",
+        "loss_rpn_cls",
+        "loss_rpn_loc",
+        "loss_cls",
+        "loss_box_reg",
+        "loss_mask",
     }
     for k, v in losses.items():
         assert torch.isfinite(v), k
@@ -266,7 +291,9 @@ def test_panoptic_training_step(instance_features):
 def test_panoptic_instance_features_choice():
     images = torch.randn(1, 3, 128, 160)
     for choice in ("refined", "fpn"):
-        model = build_model(load_cfg(PAN_CFG, "MODEL.RSP.INSTANCE_FEATURES", choice)).eval()
+        model = build_model(
+            load_cfg(PAN_CFG, "MODEL.RSP_PANOPTIC_FPN.INSTANCE_FEATURES", choice)
+        ).eval()
         with torch.no_grad():
             fpn = model.backbone(images)
             sem, inst = model.extract_features(images)
@@ -278,16 +305,20 @@ def test_panoptic_instance_features_choice():
             torch.testing.assert_close(inst[k], expected[k])
         assert not torch.allclose(sem["p2"], fpn["p2"])
     with pytest.raises(ValueError, match="INSTANCE_FEATURES"):
-        build_model(load_cfg(PAN_CFG, "MODEL.RSP.INSTANCE_FEATURES", "both"))
+        build_model(load_cfg(PAN_CFG, "MODEL.RSP_PANOPTIC_FPN.INSTANCE_FEATURES", "both"))
 
 
 def test_panoptic_inference_output_size_and_segments():
     cfg = load_cfg(
         PAN_CFG,
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-        "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", "0.0",
-        "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT", "1",
-        "TEST.DETECTIONS_PER_IMAGE", "20",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        "0.0",
+        "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH",
+        "0.0",
+        "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT",
+        "1",
+        "TEST.DETECTIONS_PER_IMAGE",
+        "20",
     )
     model = build_model(cfg).eval()
     with torch.no_grad():

@@ -4,9 +4,9 @@ fvcore through Detectron2's FlopCountAnalysis (one fused multiply-add = one flop
 Each model is traced once per session (module-scoped fixtures). Models run in channels-last
 memory layout only to make the CPU forward faster; fvcore counts from the logical shapes.
 """
+
 import pytest
 import torch
-
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
@@ -42,25 +42,44 @@ def deeplab_v3_r101_os8_cfg():
     (res4/res5 dilation 2/4, multi-grid 1-2-4), ASPP dilations 12/24/36, 19 classes."""
     return _cfg(
         opts=[
-            "MODEL.META_ARCHITECTURE", "SemanticSegmentor",
-            "MODEL.BACKBONE.NAME", "build_resnet_deeplab_backbone",
-            "MODEL.RESNETS.DEPTH", 101,
-            "MODEL.RESNETS.OUT_FEATURES", ["res5"],
-            "MODEL.RESNETS.STEM_TYPE", "deeplab",
-            "MODEL.RESNETS.STEM_OUT_CHANNELS", 128,
-            "MODEL.RESNETS.STRIDE_IN_1X1", False,
-            "MODEL.RESNETS.RES4_DILATION", 2,
-            "MODEL.RESNETS.RES5_DILATION", 4,
-            "MODEL.RESNETS.RES5_MULTI_GRID", [1, 2, 4],
-            "MODEL.SEM_SEG_HEAD.NAME", "DeepLabV3Head",
-            "MODEL.SEM_SEG_HEAD.IN_FEATURES", ["res5"],
-            "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", 256,
-            "MODEL.SEM_SEG_HEAD.ASPP_DILATIONS", [12, 24, 36],
-            "MODEL.SEM_SEG_HEAD.CONVS_DIM", 256,
-            "MODEL.SEM_SEG_HEAD.COMMON_STRIDE", 8,
-            "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 19,
-            "MODEL.SEM_SEG_HEAD.NORM", "BN",
-            "INPUT.CROP.ENABLED", False,  # ASPP image pooling = global average pooling
+            "MODEL.META_ARCHITECTURE",
+            "SemanticSegmentor",
+            "MODEL.BACKBONE.NAME",
+            "build_resnet_deeplab_backbone",
+            "MODEL.RESNETS.DEPTH",
+            101,
+            "MODEL.RESNETS.OUT_FEATURES",
+            ["res5"],
+            "MODEL.RESNETS.STEM_TYPE",
+            "deeplab",
+            "MODEL.RESNETS.STEM_OUT_CHANNELS",
+            128,
+            "MODEL.RESNETS.STRIDE_IN_1X1",
+            False,
+            "MODEL.RESNETS.RES4_DILATION",
+            2,
+            "MODEL.RESNETS.RES5_DILATION",
+            4,
+            "MODEL.RESNETS.RES5_MULTI_GRID",
+            [1, 2, 4],
+            "MODEL.SEM_SEG_HEAD.NAME",
+            "DeepLabV3Head",
+            "MODEL.SEM_SEG_HEAD.IN_FEATURES",
+            ["res5"],
+            "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS",
+            256,
+            "MODEL.SEM_SEG_HEAD.ASPP_DILATIONS",
+            [12, 24, 36],
+            "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+            256,
+            "MODEL.SEM_SEG_HEAD.COMMON_STRIDE",
+            8,
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+            19,
+            "MODEL.SEM_SEG_HEAD.NORM",
+            "BN",
+            "INPUT.CROP.ENABLED",
+            False,  # ASPP image pooling = global average pooling
         ]
     )
 
@@ -128,7 +147,7 @@ def _rsp_analytic_flops(cfg, fpn_shapes):
 
 
 def test_fvcore_counts_every_rsp_op(rsp_r101, rsp_r50):
-    fpn_shapes = {f"p{l}": (SIZE[0] // 2**l, SIZE[1] // 2**l) for l in (2, 3, 4)}
+    fpn_shapes = {f"p{k}": (SIZE[0] // 2**k, SIZE[1] // 2**k) for k in (2, 3, 4)}
     for cfg, _, flops in (rsp_r101, rsp_r50):
         assert flops.unsupported_ops("model.sem_seg_head") == {}
         assert flops.by_operator()["bmm"] > 0

@@ -11,11 +11,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import scipy.io
-import torch
-from PIL import Image
-
 import standins
+import torch
 from conftest import ROOT
+from PIL import Image
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Saving I mode images as PNG:DeprecationWarning"  # cityscapesscripts on Pillow 12
@@ -317,7 +316,7 @@ def test_ade20k_labels_and_prepared_labels(data):
 
 
 def test_pascal_context_labels_and_prepared_labels(data):
-    from nrd_rsp.data.datasets import PASCAL_CONTEXT_59_CLASSES
+    from nrd_rsp.data.datasets.register_pascal_context import PASCAL_CONTEXT_59_CLASSES
 
     voc = os.path.join(data.root, "VOCdevkit", "VOC2010")
     with open(os.path.join(voc, "labels.txt")) as f:
@@ -359,7 +358,7 @@ def test_pascal_context_labels_and_prepared_labels(data):
 def test_registered_dataset_loads(data, name):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from nrd_rsp.data.datasets import check_dataset_available
+    from nrd_rsp.data.catalog import check_dataset_available
 
     check_dataset_available(name)
     dicts = DatasetCatalog.get(name)

@@ -12,21 +12,19 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 import nrd_rsp  # noqa: F401  (registers the datasets)
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from nrd_rsp.data import toy
-from nrd_rsp.data.datasets import (
-    TOY_CATEGORIES,
-    TOY_DATASET_NAMES,
-    ToyParams,
+from nrd_rsp.data.datasets.register_toy import (
     configure_toy_datasets_from_cfg,
-    panoptic_to_stuff_semantic,
     register_toy_datasets,
-    stuff_id_map,
-    toy_split_paths,
+    toy_params_from_cfg,
 )
+from nrd_rsp.data.panoptic_separated import panoptic_to_stuff_semantic, stuff_id_map
+from nrd_rsp.data.toy import write as toy_write
+from nrd_rsp.data.toy.spec import TOY_CATEGORIES, TOY_DATASET_NAMES, ToyParams, toy_split_paths
 
 torch.set_num_threads(1)
 
@@ -200,7 +198,9 @@ def test_instances_json_loads_with_pycocotools(toy_dir):
 def test_dataset_catalog_all_six_names(toy_dir):
     h, w = PARAMS["image_size"]
     expected_keys = {
-        "toy_panoptic": {"file_name", "image_id", "height", "width", "pan_seg_file_name", "segments_info"},
+        "toy_panoptic": {
+            "file_name", "image_id", "height", "width", "pan_seg_file_name", "segments_info",
+        },
         "toy_sem_seg": {"file_name", "height", "width", "sem_seg_file_name"},
         "separated": {
             "file_name", "image_id", "height", "width", "annotations",
@@ -277,9 +277,10 @@ def _perfect_panoptic_outputs(dicts):
             {"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
             for s in d["segments_info"]
         ]
-        yield {"file_name": d["file_name"], "image_id": d["image_id"]}, {
-            "panoptic_seg": (pan, segs)
-        }
+        yield (
+            {"file_name": d["file_name"], "image_id": d["image_id"]},
+            {"panoptic_seg": (pan, segs)},
+        )
 
 
 def test_detectron2_evaluators_work_unchanged(toy_dir, tmp_path):
@@ -356,12 +357,15 @@ def test_register_toy_datasets_changes_size_and_count(toy_dir, tmp_path, monkeyp
         assert _load_json(os.path.join(new_dir, "params.json"))["image_size"] == [64, 72]
 
         from detectron2.config import get_cfg
+
         from nrd_rsp import add_nrd_rsp_config
 
         cfg = get_cfg()
         add_nrd_rsp_config(cfg)
-        cfg.merge_from_list(["DATASETS.TOY.NUM_TRAIN", "3", "DATASETS.TOY.NUM_VAL", "2",
-                             "DATASETS.TOY.IMAGE_SIZE", "(64, 72)", "DATASETS.TOY.SEED", "1"])  # fmt: skip
+        cfg.merge_from_list([
+            "DATASETS.TOY.NUM_TRAIN", "3", "DATASETS.TOY.NUM_VAL", "2",
+            "DATASETS.TOY.IMAGE_SIZE", "(64, 72)", "DATASETS.TOY.SEED", "1",
+        ])  # fmt: skip
         loader = DatasetCatalog["toy_sem_seg_train"]
         assert configure_toy_datasets_from_cfg(cfg) == new_dir
         assert DatasetCatalog["toy_sem_seg_train"] is loader  # unchanged parameters: no-op
@@ -374,6 +378,22 @@ def test_register_toy_datasets_changes_size_and_count(toy_dir, tmp_path, monkeyp
     finally:
         monkeypatch.undo()
         register_toy_datasets(**PARAMS)
+
+
+def test_config_defaults_are_toy_params_defaults():
+    """``DATASETS.TOY`` (config.py sits below data and cannot import it) keeps the defaults of
+    ``ToyParams``, the one source; a value ToyParams rejects is a ConfigError naming the key."""
+    from detectron2.config import get_cfg
+
+    from nrd_rsp import add_nrd_rsp_config
+    from nrd_rsp.errors import ConfigError
+
+    cfg = get_cfg()
+    add_nrd_rsp_config(cfg)
+    assert toy_params_from_cfg(cfg) == ToyParams()
+    cfg.DATASETS.TOY.IMAGE_SIZE = (10, 10)
+    with pytest.raises(ConfigError, match="DATASETS.TOY: .*image_size"):
+        configure_toy_datasets_from_cfg(cfg)
 
 
 def test_dataset_root_is_read_when_loading(toy_dir, tmp_path, monkeypatch):
@@ -396,14 +416,14 @@ def _ensure_in_child(root):
 
 def test_concurrent_first_use_generates_once(tmp_path, monkeypatch):
     log = tmp_path / "calls.txt"
-    original = toy.generate_toy_dataset
+    original = toy_write.generate_toy_dataset
 
     def counting(*args, **kwargs):
         with open(log, "a") as f:
             f.write("x\n")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(toy, "generate_toy_dataset", counting)
+    monkeypatch.setattr(toy_write, "generate_toy_dataset", counting)
     ctx = mp.get_context("fork")
     procs = [ctx.Process(target=_ensure_in_child, args=(str(tmp_path),)) for _ in range(2)]
     for p in procs:
@@ -451,4 +471,4 @@ def test_cli(tmp_path, capsys):
             toy.main(argv)
         assert e.value.code == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "error:" in err and msg in err, err
+        assert err.count("\n") == 1 and err.startswith("ERROR: ") and msg in err, err

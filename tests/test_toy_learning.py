@@ -7,6 +7,7 @@ Orderings between models (NRD against Semantic FPN, RSP against Panoptic FPN) de
 on this short schedule; they belong to the benchmark report with its confidence intervals
 (benchmarks/results/toy_accuracy.md), not here. The two processes run in parallel, one thread
 each (``pytest -n 2 --dist loadfile`` runs this file beside the rest)."""
+
 import json
 import os
 import subprocess
@@ -19,8 +20,16 @@ def start_rows(out_dir, rows):
     """Start ``benchmarks/toy_accuracy.py`` on ``rows`` (one thread) in the background."""
     os.makedirs(out_dir, exist_ok=True)
     log = open(os.path.join(out_dir, "log.txt"), "w")
-    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "toy_accuracy.py"), "--rows", *rows,
-           "--output-dir", str(out_dir), "--work-dir", os.path.join(out_dir, "work")]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "benchmarks", "toy_accuracy.py"),
+        "--rows",
+        *rows,
+        "--output-dir",
+        str(out_dir),
+        "--work-dir",
+        os.path.join(out_dir, "work"),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env), log
 

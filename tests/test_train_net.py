@@ -1,10 +1,10 @@
 """End to end: train_net.py trains on toy data, evaluates with Detectron2's evaluators,
 re-evaluates a saved checkpoint with --eval-only, resumes, and runs as 2 Gloo processes."""
+
 import json
 import os
 
 import pytest
-
 from conftest import TOY_OPTS, run_train_net
 
 PANOPTIC_CFG = "configs/Toy/rsp_panoptic_fpn_R_18_toy.yaml"
@@ -13,9 +13,21 @@ SEMANTIC_CFG = "configs/Toy/semantic_fpn_R_18_toy.yaml"
 
 def _opts(out, max_iter=4):
     return [
-        "OUTPUT_DIR", str(out), *TOY_OPTS,
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "2",
-        "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0", "TEST.NUM_VIS_IMAGES", "2",
+        "OUTPUT_DIR",
+        str(out),
+        *TOY_OPTS,
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        str(max_iter),
+        "SOLVER.CHECKPOINT_PERIOD",
+        "2",
+        "SOLVER.WARMUP_ITERS",
+        "1",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "TEST.NUM_VIS_IMAGES",
+        "2",
     ]
 
 
@@ -58,7 +70,9 @@ def panoptic_run(tmp_path_factory):
 def test_train_then_evaluate_panoptic(panoptic_run):
     out, r = panoptic_run
     assert os.path.isfile(out / "model_final.pth")
-    assert os.path.isfile(out / "model_0000001.pth")  # CHECKPOINT_PERIOD 2 -> saved after iteration 1
+    assert os.path.isfile(
+        out / "model_0000001.pth"
+    )  # CHECKPOINT_PERIOD 2 -> saved after iteration 1
     _assert_panoptic_results(_load_results(out))
     pngs = sorted(os.listdir(out / "vis"))
     assert len(pngs) == 2 and all(p.endswith(".png") for p in pngs)
@@ -67,13 +81,22 @@ def test_train_then_evaluate_panoptic(panoptic_run):
 def test_eval_only_from_checkpoint(panoptic_run, tmp_path):
     out, _ = panoptic_run
     r = run_train_net(
-        ["--config-file", PANOPTIC_CFG, "--eval-only", *_opts(tmp_path), "MODEL.WEIGHTS", str(out / "model_final.pth")]
+        [
+            "--config-file",
+            PANOPTIC_CFG,
+            "--eval-only",
+            *_opts(tmp_path),
+            "MODEL.WEIGHTS",
+            str(out / "model_final.pth"),
+        ]
     )
     _check_ok(r)
     res = _load_results(tmp_path)
     _assert_panoptic_results(res)
     # The same weights give the same metrics as the evaluation at the end of training.
-    assert res["panoptic_seg"]["PQ"] == pytest.approx(_load_results(out)["panoptic_seg"]["PQ"], abs=1e-6)
+    assert res["panoptic_seg"]["PQ"] == pytest.approx(
+        _load_results(out)["panoptic_seg"]["PQ"], abs=1e-6
+    )
     assert res["sem_seg"]["mIoU"] == pytest.approx(_load_results(out)["sem_seg"]["mIoU"], abs=1e-6)
 
 
@@ -92,8 +115,17 @@ def test_resume_continues_from_last_checkpoint(panoptic_run):
 def test_semantic_train_and_tta_eval(tmp_path):
     # TTA with the test scale alone and no flip must reproduce the plain evaluation exactly.
     r = run_train_net(
-        ["--config-file", SEMANTIC_CFG, *_opts(tmp_path, max_iter=2),
-         "TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(128,)", "TEST.AUG.FLIP", "False"]
+        [
+            "--config-file",
+            SEMANTIC_CFG,
+            *_opts(tmp_path, max_iter=2),
+            "TEST.AUG.ENABLED",
+            "True",
+            "TEST.AUG.MIN_SIZES",
+            "(128,)",
+            "TEST.AUG.FLIP",
+            "False",
+        ]
     )
     _check_ok(r)
     res = _load_results(tmp_path)
@@ -103,7 +135,9 @@ def test_semantic_train_and_tta_eval(tmp_path):
 
 
 def test_distributed_two_cpu_processes(tmp_path):
-    r = run_train_net(["--config-file", PANOPTIC_CFG, "--num-gpus", "2", *_opts(tmp_path, max_iter=2)])
+    r = run_train_net(
+        ["--config-file", PANOPTIC_CFG, "--num-gpus", "2", *_opts(tmp_path, max_iter=2)]
+    )
     _check_ok(r)
     assert os.path.isfile(tmp_path / "model_final.pth")
     _assert_panoptic_results(_load_results(tmp_path))

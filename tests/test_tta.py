@@ -1,14 +1,14 @@
 """Test-time augmentation: SemanticSegmentorWithTTA averages probabilities over scales and undoes
 the flip; PanopticFPNWithTTA combines them with the plain pass's instances; plain results are
 saved before TTA runs."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from detectron2.config import get_cfg
+from torch import nn
 
 from nrd_rsp import add_nrd_rsp_config
 from nrd_rsp.engine import Trainer, evaluate, setup_cfg
@@ -16,7 +16,8 @@ from nrd_rsp.modeling import PanopticFPNWithTTA, SemanticSegmentorWithTTA, build
 
 
 class _ColumnModel(nn.Module):
-    """Logits of class 1 grow from left to right of the image it sees, resized to (height, width)."""
+    """Logits of class 1 grow from left to right of the image it sees, resized to
+    (height, width)."""
 
     input_format = "RGB"
 
@@ -26,7 +27,9 @@ class _ColumnModel(nn.Module):
             h, w = x["height"], x["width"]
             img = x["image"].float()
             # depends on content (the image's red channel), so a wrongly un-flipped output differs
-            red = nn.functional.interpolate(img[None, :1], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+            red = nn.functional.interpolate(
+                img[None, :1], size=(h, w), mode="bilinear", align_corners=False
+            )[0, 0]
             logits = torch.stack([torch.zeros_like(red), red / 255.0 * 4])
             outs.append({"sem_seg": logits})
         return outs
@@ -71,7 +74,9 @@ def test_tta_reads_files_in_the_config_format(tmp_path):
     for fmt, expect_increasing in (("RGB", True), ("BGR", False)):
         cfg = _cfg(False)
         cfg.INPUT.FORMAT = fmt
-        out = SemanticSegmentorWithTTA(cfg, _NoFormatModel())([{"file_name": str(tmp_path / "a.png")}])[0]
+        out = SemanticSegmentorWithTTA(cfg, _NoFormatModel())(
+            [{"file_name": str(tmp_path / "a.png")}]
+        )[0]
         p = out["sem_seg"][1]
         assert p.shape == (32, 40)
         # in BGR the model's first channel is blue (0): no ramp
@@ -81,8 +86,17 @@ def test_tta_reads_files_in_the_config_format(tmp_path):
 def _toy_panoptic(tmp_path, *opts):
     cfg = setup_cfg(
         "configs/Toy/rsp_panoptic_fpn_R_18_toy.yaml",
-        ["MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path), "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-         "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", "0.0", *opts],
+        [
+            "MODEL.WEIGHTS",
+            "",
+            "OUTPUT_DIR",
+            str(tmp_path),
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "0.0",
+            "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH",
+            "0.0",
+            *opts,
+        ],
     )
     torch.manual_seed(0)
     model = Trainer.build_model(cfg).eval()
@@ -91,8 +105,15 @@ def _toy_panoptic(tmp_path, *opts):
 
 
 def test_panoptic_tta_with_one_scale_and_no_flip_is_the_plain_prediction(tmp_path):
-    cfg, model, inp = _toy_panoptic(tmp_path, "TEST.AUG.MIN_SIZES", "(96,)", "TEST.AUG.MAX_SIZE", "1000",
-                                    "TEST.AUG.FLIP", "False")
+    cfg, model, inp = _toy_panoptic(
+        tmp_path,
+        "TEST.AUG.MIN_SIZES",
+        "(96,)",
+        "TEST.AUG.MAX_SIZE",
+        "1000",
+        "TEST.AUG.FLIP",
+        "False",
+    )
     tta = build_tta_model(cfg, model)
     assert isinstance(tta, PanopticFPNWithTTA)
     with torch.no_grad():
@@ -100,14 +121,23 @@ def test_panoptic_tta_with_one_scale_and_no_flip_is_the_plain_prediction(tmp_pat
         out = tta([dict(inp)])[0]
     assert len(plain["instances"]) > 0
     torch.testing.assert_close(out["sem_seg"], plain["sem_seg"].softmax(0))
-    torch.testing.assert_close(out["instances"].pred_boxes.tensor, plain["instances"].pred_boxes.tensor)
+    torch.testing.assert_close(
+        out["instances"].pred_boxes.tensor, plain["instances"].pred_boxes.tensor
+    )
     assert torch.equal(out["panoptic_seg"][0], plain["panoptic_seg"][0])
     assert out["panoptic_seg"][1] == plain["panoptic_seg"][1]
 
 
 def test_panoptic_tta_combines_averaged_semantics_with_plain_instances(tmp_path):
-    cfg, model, inp = _toy_panoptic(tmp_path, "TEST.AUG.MIN_SIZES", "(64, 96, 128)", "TEST.AUG.MAX_SIZE", "1000",
-                                    "TEST.AUG.FLIP", "True")
+    cfg, model, inp = _toy_panoptic(
+        tmp_path,
+        "TEST.AUG.MIN_SIZES",
+        "(64, 96, 128)",
+        "TEST.AUG.MAX_SIZE",
+        "1000",
+        "TEST.AUG.FLIP",
+        "True",
+    )
     with torch.no_grad():
         plain = model([dict(inp)])[0]
         out = build_tta_model(cfg, model)([dict(inp)])[0]

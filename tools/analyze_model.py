@@ -3,7 +3,8 @@
 
     python tools/analyze_model.py --config-file configs/Toy/rsp_R_18_toy.yaml \\
         --tasks flop parameter activation structure
-    python tools/analyze_model.py --config-file configs/Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml \\
+    python tools/analyze_model.py \\
+        --config-file configs/Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml \\
         --tasks flop parameter --input-size 1024 2048 MODEL.WEIGHTS ""   # random init
 
 With ``--input-size H W`` costs are counted on one synthetic H x W image in inference mode.
@@ -13,11 +14,12 @@ data for toy configs; a missing real dataset is an error naming its path).
 FLOPs follow fvcore (1 fused multiply-add = 1 flop). The cost is split into backbone, neck
 (FPN ``backbone.fpn_*``/``top_block`` and RSP ``rsp``), head (``sem_seg_head``,
 ``proposal_generator``, ``roi_heads``) and other (pre/post-processing); see
-``nrd_rsp/analysis.py``. Operators fvcore cannot count are listed with the modules running them.
+``nrd_rsp/analysis/``. Operators fvcore cannot count are listed with the modules running them.
 Real-dataset configs are adapted to one process: SyncBN -> BN, URL weights not loaded (logged);
 a local ``MODEL.WEIGHTS`` file (e.g. the NRD configs' ``pretrained/resnet50_v1c.pkl``) must exist,
 or pass ``MODEL.WEIGHTS ""`` for random initialisation (same FLOPs and parameters).
 """
+
 import argparse
 import itertools
 import json
@@ -27,31 +29,46 @@ import sys
 
 import numpy as np
 import torch
-
 from detectron2.utils.logger import setup_logger
 from fvcore.nn import flop_count_table, parameter_count, parameter_count_table
 
 import nrd_rsp  # noqa: F401  (registers datasets, heads and meta-architectures)
 from nrd_rsp import analysis as A
-from nrd_rsp.engine import ConfigError, Trainer, exit_on_user_error, validate_cfg
+from nrd_rsp.engine import Trainer, validate_cfg
+from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
 
 logger = logging.getLogger("nrd_rsp.analyze_model")
 TASKS = ("flop", "parameter", "activation", "structure")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=["flop", "parameter"])
-    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
-                   help="count on one synthetic HxW image instead of test-set images")
-    p.add_argument("-n", "--num-inputs", type=int, default=10,
-                   help="number of test images to average FLOPs/activations over (default 10)")
+    p.add_argument(
+        "--input-size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        help="count on one synthetic HxW image instead of test-set images",
+    )
+    p.add_argument(
+        "-n",
+        "--num-inputs",
+        type=int,
+        default=10,
+        help="number of test images to average FLOPs/activations over (default 10)",
+    )
     p.add_argument("--max-depth", type=int, default=3, help="depth of the per-module tables")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's default)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's default)"
+    )
     p.add_argument("--json", metavar="PATH", help="also write the numbers to this JSON file")
-    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
-                   help="config overrides")
+    p.add_argument(
+        "opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE", help="config overrides"
+    )
     return p.parse_args(argv)
 
 
@@ -72,7 +89,10 @@ def iter_inputs(cfg, args):
     loader = Trainer.build_test_loader(cfg, name)
     for batch in itertools.islice(loader, args.num_inputs):
         d = batch[0]
-        yield f"{name}: {os.path.basename(d.get('file_name', '?'))} {tuple(d['image'].shape[-2:])}", batch
+        yield (
+            f"{name}: {os.path.basename(d.get('file_name', '?'))} {tuple(d['image'].shape[-2:])}",
+            batch,
+        )
 
 
 def _fmt_breakdown(parts, scale):
@@ -124,8 +144,12 @@ def run_counting(model, cfg, args, kind, out):
     else:
         table = flop_count_table(first, max_depth=args.max_depth, show_param_shapes=False)
         print(table.replace("#flops", "#activations", 1))
-    print(f"{'Average' if n > 1 else 'Count'} by operator ({unit}): "
-          + ", ".join(f"{op} {v / n / scale:.4g}" for op, v in sorted(by_op.items(), key=lambda kv: -kv[1])))
+    print(
+        f"{'Average' if n > 1 else 'Count'} by operator ({unit}): "
+        + ", ".join(
+            f"{op} {v / n / scale:.4g}" for op, v in sorted(by_op.items(), key=lambda kv: -kv[1])
+        )
+    )
     print(f"{kind.capitalize()} by component ({unit}, mean): {_fmt_breakdown(mean_parts, scale)}")
     print(f"Total {label}: {mean / scale:.6g} ± {std / scale:.3g} (mean ± std over {n} input(s))")
     if kind == "activation":
@@ -138,15 +162,24 @@ def run_counting(model, cfg, args, kind, out):
         else:
             print("Operators fvcore could not count: none")
         if uncounted_modules:
-            print("WARNING: project modules with uncounted operators: "
-                  + "; ".join(f"{m}: {', '.join(sorted(o))}" for m, o in sorted(uncounted_modules.items())))
+            print(
+                "WARNING: project modules with uncounted operators: "
+                + "; ".join(
+                    f"{m}: {', '.join(sorted(o))}" for m, o in sorted(uncounted_modules.items())
+                )
+            )
         else:
             print("Project (nrd_rsp) modules with uncounted operators: none")
     out[kind] = {
-        "total": mean, "std": std, "num_inputs": n, "by_component": mean_parts,
+        "total": mean,
+        "std": std,
+        "num_inputs": n,
+        "by_component": mean_parts,
         "by_operator": {op: v / n for op, v in by_op.items()},
         "unsupported_ops": {op: sorted(m) for op, m in unsupported.items()},
-        "project_modules_with_unsupported_ops": {m: sorted(o) for m, o in uncounted_modules.items()},
+        "project_modules_with_unsupported_ops": {
+            m: sorted(o) for m, o in uncounted_modules.items()
+        },
     }
 
 
@@ -161,7 +194,7 @@ def run_parameters(model, args, out):
     out["parameter"] = {"total": total, "by_component": parts}
 
 
-@exit_on_user_error
+@exit_on_error
 def main(argv=None):
     args = parse_args(argv)
     setup_logger(name="nrd_rsp", abbrev_name="nrd_rsp")
@@ -171,7 +204,9 @@ def main(argv=None):
             raise ConfigError(f"--threads must be >= 1, got {args.threads}.")
         torch.set_num_threads(args.threads)
     cfg = A.setup(args.config_file, args.opts)
-    logger.info(f"Config {args.config_file}: {cfg.MODEL.META_ARCHITECTURE}, device {cfg.MODEL.DEVICE}")
+    logger.info(
+        f"Config {args.config_file}: {cfg.MODEL.META_ARCHITECTURE}, device {cfg.MODEL.DEVICE}"
+    )
     model = A.build_model(cfg)
     out = {"config_file": args.config_file, "input_size": args.input_size, "tasks": args.tasks}
     for task in args.tasks:

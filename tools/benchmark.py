@@ -2,7 +2,8 @@
 """Inference or training speed and peak memory of any model of the project.
 
     python tools/benchmark.py --config-file configs/Toy/rsp_R_18_toy.yaml --task inference
-    python tools/benchmark.py --config-file configs/Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml \\
+    python tools/benchmark.py \\
+        --config-file configs/Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml \\
         --task train --input-size 512 1024 --batch-size 2 --amp fp16 --device cuda MODEL.WEIGHTS ""
 
 Inference: ``model(inputs)`` under ``torch.no_grad`` on B synthetic H x W images already on
@@ -21,6 +22,7 @@ Default input size: the crop size for training, else the toy image size or
 happens in the warm-up steps. Real-dataset configs are adapted to one process (SyncBN -> BN,
 URL weights not loaded; logged).
 """
+
 import argparse
 import itertools
 import json
@@ -29,19 +31,21 @@ import os
 import sys
 
 import torch
-
 from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
 
 import nrd_rsp  # noqa: F401  (registers datasets, heads and meta-architectures)
 from nrd_rsp import analysis as A
-from nrd_rsp.engine import ConfigError, Trainer, exit_on_user_error
+from nrd_rsp.engine import Trainer
+from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
 
 logger = logging.getLogger("nrd_rsp.benchmark")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--task", choices=["inference", "train"], default="inference")
     p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"))
@@ -49,13 +53,24 @@ def parse_args(argv=None):
     p.add_argument("--amp", choices=["off", "fp16", "bf16"], default="off")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: the config's, cpu without CUDA)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's default); 1 gives stable timings on a busy machine")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cuda, cuda:N or cpu (default: the config's, cpu without CUDA)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's default); 1 gives stable timings on a busy "
+        "machine",
+    )
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
-    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE", help="config overrides")
+    p.add_argument(
+        "opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE", help="config overrides"
+    )
     return p.parse_args(argv)
 
 
@@ -77,7 +92,9 @@ def run(args):
     batch_size = args.batch_size or (1 if args.task == "inference" else 2)
     height, width = args.input_size or A.default_input_size(cfg, args.task)
     if min(height, width, batch_size) < 1:
-        raise ConfigError(f"--input-size and --batch-size must be positive, got {height}x{width}, {batch_size}.")
+        raise ConfigError(
+            f"--input-size and --batch-size must be positive, got {height}x{width}, {batch_size}."
+        )
 
     model = A.build_model(cfg, eval_mode=args.task == "inference")
     if args.channels_last:
@@ -94,7 +111,9 @@ def run(args):
 
     else:
         batches = itertools.cycle(
-            A.synthetic_train_batches(model, cfg, height, width, batch_size, num_batches=2, device=device)
+            A.synthetic_train_batches(
+                model, cfg, height, width, batch_size, num_batches=2, device=device
+            )
         )
         optimizer = Trainer.build_optimizer(cfg, model)
         scaler = torch.amp.GradScaler("cuda", enabled=args.amp == "fp16")
@@ -143,7 +162,8 @@ def run(args):
 def print_results(res):
     print(f"device: {res['device_name']} | torch {res['torch']}")
     print(
-        f"task: {res['task']} | input: {res['batch_size']}x{res['input_size'][0]}x{res['input_size'][1]} "
+        f"task: {res['task']} | "
+        f"input: {res['batch_size']}x{res['input_size'][0]}x{res['input_size'][1]} "
         f"| amp: {res['amp']} | channels_last: {res['channels_last']} | compile: {res['compile']} "
         f"| warm-up {res['warmup']}, {res['iters']} timed iterations"
     )
@@ -152,10 +172,13 @@ def print_results(res):
     print(f"iters_per_s: {res['iters_per_s']:.4f}")
     print(f"images_per_s: {res['images_per_s']:.4f}")
     print(f"peak_memory_mib: {res['peak_memory_mib']:.1f} ({res['peak_memory_kind']})")
-    print(f"memory_increase_mib: {res['memory_increase_mib']:.1f} (peak minus the memory in use before the first step)")
+    print(
+        f"memory_increase_mib: {res['memory_increase_mib']:.1f} "
+        "(peak minus the memory in use before the first step)"
+    )
 
 
-@exit_on_user_error
+@exit_on_error
 def main(argv=None):
     args = parse_args(argv)
     setup_logger(name="nrd_rsp", abbrev_name="nrd_rsp")

@@ -21,7 +21,7 @@ authors' encoders; https://download.openmmlab.com/pretrain/third_party/resnet50_
 name-matching heuristics. The weights expect RGB input with mean [123.675, 116.28, 103.53] and
 std [58.395, 57.12, 57.375], which the NRD configs set.
 """
-import argparse
+
 import os
 import pickle
 import re
@@ -31,7 +31,7 @@ from collections import OrderedDict
 import torch
 
 from nrd_rsp.checkpoint import torch_load_tensors
-from nrd_rsp.engine import ConfigError, exit_on_user_error
+from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
 
 # Blocks per stage (layer1..layer4) -> depth; Detectron2's deep-stem ResNet has these three only.
 _DEPTHS = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
@@ -41,11 +41,6 @@ _STEM = {"0": "conv1", "1": "conv1.norm", "3": "conv2", "4": "conv2.norm", "6": 
 _STEM_KEY = re.compile(r"^stem\.(\d)\.(\w+)$")
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.(conv[1-3]|bn[1-3]|downsample\.[01])\.(\w+)$")
 _DROPPED = re.compile(r"(^fc\.|^head\.|num_batches_tracked$)")
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of usage + error
-        self.exit(2, f"ERROR: {self.prog}: {message} (see --help)\n")
 
 
 def _block_key(stage: str, block: str, layer: str, param: str) -> str:
@@ -136,13 +131,15 @@ def config_overrides(depth: int, stem_channels: int, weights_path: str):
 
 
 def build_parser():
-    p = _ArgumentParser(prog="convert-mmcls-v1c-to-d2.py", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(
+        prog="convert-mmcls-v1c-to-d2.py", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("input", metavar="IN.pth", help="OpenMMLab ResNetV1c checkpoint")
     p.add_argument("output", metavar="OUT.pkl", help="Detectron2 weights to write")
     return p
 
 
-@exit_on_user_error
+@exit_on_error
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if not args.output.endswith(".pkl"):

@@ -18,7 +18,7 @@ tool prints these overrides for the converted depth. torchvision ResNets have th
 ``MODEL.RESNETS.STEM_TYPE basic MODEL.RESNETS.STEM_OUT_CHANNELS 64`` there, or the stem and the
 first res2 block are not loaded (Detectron2 warns about their shapes).
 """
-import argparse
+
 import os
 import pickle
 import re
@@ -28,7 +28,7 @@ from collections import Counter, OrderedDict
 import torch
 
 from nrd_rsp.checkpoint import torch_load_tensors
-from nrd_rsp.engine import ConfigError, exit_on_user_error
+from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
 
 # torchvision ResNet depth -> blocks per stage (layer1..layer4), block type.
 _ARCHS = {
@@ -42,11 +42,6 @@ _STEM = {"conv1.weight": "stem.conv1.weight"}
 _BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 # layer{i}.{j}.conv{k}.weight / bn{k}.* / downsample.0.weight / downsample.1.*
 _BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.(conv[1-3]|bn[1-3]|downsample\.[01])\.(\w+)$")
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of usage + error
-        self.exit(2, f"ERROR: {self.prog}: {message} (see --help)\n")
 
 
 def rename_key(key):
@@ -82,7 +77,11 @@ def load_torchvision_state_dict(path):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if (
+        not isinstance(obj, dict)
+        or not obj
+        or not all(isinstance(v, torch.Tensor) for v in obj.values())
+    ):
         raise ConfigError(f"'{path}' does not hold a state dict of tensors.")
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
@@ -119,12 +118,18 @@ def convert(state_dict):
 def config_overrides(depth, weights_path):
     """The ``KEY VALUE`` overrides a config needs to train from the converted weights."""
     opts = [
-        "MODEL.WEIGHTS", weights_path,
-        "MODEL.RESNETS.DEPTH", str(depth),
-        "MODEL.RESNETS.STRIDE_IN_1X1", "False",
-        "INPUT.FORMAT", "RGB",
-        "MODEL.PIXEL_MEAN", "[123.675, 116.28, 103.53]",
-        "MODEL.PIXEL_STD", "[58.395, 57.12, 57.375]",
+        "MODEL.WEIGHTS",
+        weights_path,
+        "MODEL.RESNETS.DEPTH",
+        str(depth),
+        "MODEL.RESNETS.STRIDE_IN_1X1",
+        "False",
+        "INPUT.FORMAT",
+        "RGB",
+        "MODEL.PIXEL_MEAN",
+        "[123.675, 116.28, 103.53]",
+        "MODEL.PIXEL_STD",
+        "[58.395, 57.12, 57.375]",
     ]
     if depth in (18, 34):
         opts += ["MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
@@ -132,17 +137,22 @@ def config_overrides(depth, weights_path):
 
 
 def build_parser():
-    p = _ArgumentParser(prog="convert-torchvision-to-d2.py", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(
+        prog="convert-torchvision-to-d2.py", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("input", metavar="IN.pth", help="torchvision ResNet state dict")
     p.add_argument("output", metavar="OUT.pkl", help="Detectron2 weights to write")
     return p
 
 
-@exit_on_user_error
+@exit_on_error
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if not args.output.endswith(".pkl"):
-        raise ConfigError(f"OUT must end with .pkl (Detectron2 reads .pkl with matching heuristics): '{args.output}'.")
+        raise ConfigError(
+            "OUT must end with .pkl (Detectron2 reads .pkl with matching heuristics): "
+            f"'{args.output}'."
+        )
     converted, depth = convert(load_torchvision_state_dict(args.input))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "wb") as f:
@@ -150,8 +160,10 @@ def main(argv=None):
     print(f"Converted ResNet-{depth}: {len(converted['model'])} tensors -> {args.output}")
     opts = config_overrides(depth, args.output)
     print("Config overrides: " + " ".join(f'"{o}"' if " " in o else o for o in opts))
-    print("With a DeepLab-stem backbone (NRD configs) add: "
-          "MODEL.RESNETS.STEM_TYPE basic MODEL.RESNETS.STEM_OUT_CHANNELS 64")
+    print(
+        "With a DeepLab-stem backbone (NRD configs) add: "
+        "MODEL.RESNETS.STEM_TYPE basic MODEL.RESNETS.STEM_OUT_CHANNELS 64"
+    )
     return 0
 
 

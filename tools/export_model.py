@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Export a semantic segmentation model to TorchScript (traced) or ONNX.
 
-    python tools/export_model.py --config-file configs/Cityscapes-SemanticSegmentation/rsp_R_50_FPN_90k_bs16.yaml \\
+    python tools/export_model.py \\
+        --config-file configs/Cityscapes-SemanticSegmentation/rsp_R_50_FPN_90k_bs16.yaml \\
         --format onnx --output export/ --input-size 1024 2048 MODEL.WEIGHTS model_final_abcdef.pth
 
 The exported function maps ONE RAW IMAGE to logits:
@@ -11,7 +12,8 @@ The exported function maps ONE RAW IMAGE to logits:
   NOT normalised: ``MODEL.PIXEL_MEAN/STD`` normalisation and padding to the backbone's size
   divisibility happen inside, exactly as in ``SemanticSegmentor``;
 * output ``logits``: float32 ``[1, K, H, W]``, per-class scores before softmax at the input
-  resolution (``argmax(1)`` gives the label map), identical to ``model([{"image": ...}])[0]["sem_seg"]``.
+  resolution (``argmax(1)`` gives the label map), identical to
+  ``model([{"image": ...}])[0]["sem_seg"]``.
 
 ``H, W`` are fixed at export time (``--input-size``, else the ``--sample-image`` size, else
 ``INPUT.MIN_SIZE_TEST x INPUT.MAX_SIZE_TEST``); resize images to that size before inference.
@@ -20,6 +22,7 @@ max |logit| difference to the eager model on the sample input, which must be <= 
 Models that use SyncBN are exported with frozen (inference-mode) BatchNorm, which is the same
 function. Panoptic/instance models (PanopticFPN, RSPPanopticFPN) are not exportable here.
 """
+
 import argparse
 import json
 import os
@@ -27,15 +30,15 @@ import sys
 
 import numpy as np
 import torch
-from torch import nn
-
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import SemanticSegmentor
+from torch import nn
 
 import nrd_rsp  # noqa: F401  (registers heads and meta-architectures)
-from nrd_rsp.engine import ConfigError, exit_on_user_error, load_model_for_eval, setup_cfg
+from nrd_rsp.engine import load_model_for_eval, setup_cfg
+from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
 
 FORMATS = ("torchscript", "onnx")
 _FILENAMES = {"torchscript": "model.ts", "onnx": "model.onnx"}
@@ -43,11 +46,6 @@ _FILENAMES = {"torchscript": "model.ts", "onnx": "model.onnx"}
 
 class ExportError(RuntimeError):
     """The export ran but its result is wrong (e.g. differs from the eager model)."""
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of usage + error
-        self.exit(2, f"ERROR: {self.prog}: {message} (see --help)\n")
 
 
 class SemanticSegmentationExportWrapper(nn.Module):
@@ -68,10 +66,7 @@ class SemanticSegmentationExportWrapper(nn.Module):
 def build_export_model(cfg):
     """The model of ``cfg`` with ``MODEL.WEIGHTS`` loaded, in eval mode, as an
     :class:`SemanticSegmentationExportWrapper`; SyncBN layers become ``FrozenBatchNorm2d``."""
-    weights = cfg.MODEL.WEIGHTS
-    if weights and "://" not in weights and not os.path.isfile(weights):
-        raise ConfigError(f"MODEL.WEIGHTS file not found: '{weights}' (pass MODEL.WEIGHTS \"\" for random weights).")
-    model = load_model_for_eval(cfg)
+    model = load_model_for_eval(cfg)  # a missing MODEL.WEIGHTS file is a ConfigError
     if not isinstance(model, SemanticSegmentor):
         raise ConfigError(
             f"Only semantic segmentation models (SemanticSegmentor) can be exported; "
@@ -94,7 +89,9 @@ def make_sample_input(cfg, input_size=None, sample_image=None, seed=0):
             import cv2
 
             img = cv2.resize(img, (input_size[1], input_size[0]), interpolation=cv2.INTER_LINEAR)
-        return torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1)), dtype=torch.float32)[None]
+        return torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1)), dtype=torch.float32)[
+            None
+        ]
     if input_size is None:
         input_size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     h, w = input_size
@@ -121,8 +118,14 @@ def export_onnx(traced, image, path, opset=17):
     (input ``image``, output ``logits``)."""
     with torch.no_grad():
         torch.onnx.export(
-            traced, (image,), path, dynamo=False, opset_version=opset,
-            input_names=["image"], output_names=["logits"], do_constant_folding=True,
+            traced,
+            (image,),
+            path,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["logits"],
+            do_constant_folding=True,
         )
     return path
 
@@ -138,7 +141,9 @@ def run_exported(path, image):
         return torch.jit.load(path, map_location="cpu")(image).numpy()
 
 
-def export(cfg, fmt, output_dir, input_size=None, sample_image=None, tolerance=1e-3, config_file=None):
+def export(
+    cfg, fmt, output_dir, input_size=None, sample_image=None, tolerance=1e-3, config_file=None
+):
     """Export the semantic model of ``cfg`` and check it against the eager model.
 
     Returns:
@@ -151,7 +156,9 @@ def export(cfg, fmt, output_dir, input_size=None, sample_image=None, tolerance=1
     cfg.MODEL.DEVICE = "cpu"  # exported graphs are traced on CPU
     cfg.OUTPUT_DIR = output_dir  # the checkpointer creates OUTPUT_DIR: not the training one
     cfg.freeze()
-    image = make_sample_input(cfg, input_size, sample_image)  # bad size / image: fail before building
+    image = make_sample_input(
+        cfg, input_size, sample_image
+    )  # bad size / image: fail before building
     wrapper = build_export_model(cfg)
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, _FILENAMES[fmt])
@@ -167,7 +174,10 @@ def export(cfg, fmt, output_dir, input_size=None, sample_image=None, tolerance=1
         raise ExportError(f"Exported model returns {got.shape}, eager model {expected.shape}.")
     diff = float(np.abs(got - expected).max())
     if not np.isfinite(diff) or diff > tolerance:
-        raise ExportError(f"Exported model differs from the eager model: max |logit diff| {diff:.3g} > {tolerance}.")
+        raise ExportError(
+            "Exported model differs from the eager model: "
+            f"max |logit diff| {diff:.3g} > {tolerance}."
+        )
     meta = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if len(cfg.DATASETS.TEST) else None
     h, w = image.shape[-2:]
     info = {
@@ -176,10 +186,19 @@ def export(cfg, fmt, output_dir, input_size=None, sample_image=None, tolerance=1
         "config_file": config_file,
         "weights": cfg.MODEL.WEIGHTS,
         "input": {
-            "name": "image", "shape": [1, 3, h, w], "dtype": "float32",
-            "channel_order": cfg.INPUT.FORMAT, "value_range": [0, 255], "normalised": False,
+            "name": "image",
+            "shape": [1, 3, h, w],
+            "dtype": "float32",
+            "channel_order": cfg.INPUT.FORMAT,
+            "value_range": [0, 255],
+            "normalised": False,
         },
-        "output": {"name": "logits", "shape": list(expected.shape), "dtype": "float32", "softmax": False},
+        "output": {
+            "name": "logits",
+            "shape": list(expected.shape),
+            "dtype": "float32",
+            "softmax": False,
+        },
         "classes": list(getattr(meta, "stuff_classes", []) or []) if meta is not None else [],
         "max_abs_diff_vs_eager": diff,
     }
@@ -189,24 +208,34 @@ def export(cfg, fmt, output_dir, input_size=None, sample_image=None, tolerance=1
 
 
 def build_parser():
-    p = _ArgumentParser(prog="export_model.py", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog="export_model.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--output", default="./output/export", metavar="DIR")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
-    p.add_argument("--sample-image", metavar="IMG", help="trace and check with this image instead of noise")
-    p.add_argument("--tolerance", type=float, default=1e-3, help="max |logit diff| to the eager model")
+    p.add_argument(
+        "--sample-image", metavar="IMG", help="trace and check with this image instead of noise"
+    )
+    p.add_argument(
+        "--tolerance", type=float, default=1e-3, help="max |logit diff| to the eager model"
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
     return p
 
 
-@exit_on_user_error
+@exit_on_error
 def main(argv=None):
     args = build_parser().parse_args(argv)
     cfg = setup_cfg(args.config_file, args.opts)
     try:
         info = export(
-            cfg, args.format, args.output, args.input_size, args.sample_image, args.tolerance, args.config_file
+            cfg,
+            args.format,
+            args.output,
+            args.input_size,
+            args.sample_image,
+            args.tolerance,
+            args.config_file,
         )
     except ExportError as e:
         print(f"ERROR: {e}", file=sys.stderr)

@@ -16,7 +16,7 @@ optimizer, scheduler, iteration and trainer state, and writes
 The default output directory is ``published/`` next to the input, never the training directory
 itself, whose ``metrics.json`` holds the training log.
 """
-import argparse
+
 import hashlib
 import io
 import json
@@ -27,14 +27,9 @@ import tempfile
 import torch
 
 from nrd_rsp.checkpoint import torch_load_tensors
-from nrd_rsp.engine import ConfigError, exit_on_user_error
+from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
 
 _SIDECAR = "metrics.json"
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of usage + error
-        self.exit(2, f"ERROR: {self.prog}: {message} (see --help)\n")
 
 
 def sha256sum(path, chunk=1 << 20):
@@ -76,7 +71,9 @@ def load_metrics(path):
         with open(path) as f:
             metrics = json.load(f)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"'{path}' is not a JSON file ({e}); pass train_net.py's eval_results.json.") from e
+        raise ConfigError(
+            f"'{path}' is not a JSON file ({e}); pass train_net.py's eval_results.json."
+        ) from e
     if not isinstance(metrics, dict):
         raise ConfigError(f"'{path}' must hold a JSON object of evaluation results.")
     return metrics
@@ -113,7 +110,9 @@ def publish(checkpoint, metrics_file=None, output_dir=None, author=None):
         default = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "eval_results.json")
         metrics_file = default if os.path.isfile(default) else None
     metrics = load_metrics(metrics_file) if metrics_file else {}
-    output_dir = output_dir or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "published")
+    output_dir = output_dir or os.path.join(
+        os.path.dirname(os.path.abspath(checkpoint)), "published"
+    )
     os.makedirs(output_dir, exist_ok=True)
     _check_sidecar_writable(output_dir)
 
@@ -162,20 +161,25 @@ def publish(checkpoint, metrics_file=None, output_dir=None, author=None):
 
 
 def build_parser():
-    p = _ArgumentParser(prog="publish_model.py", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog="publish_model.py", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", metavar="IN.pth", help="checkpoint written by train_net.py")
-    p.add_argument("--metrics", help="evaluation results (default: eval_results.json next to IN.pth, if any)")
+    p.add_argument(
+        "--metrics", help="evaluation results (default: eval_results.json next to IN.pth, if any)"
+    )
     p.add_argument("--output-dir", help="where to write (default: published/ next to IN.pth)")
     p.add_argument("--author", help="value of '__author__' in the published file")
     return p
 
 
-@exit_on_user_error
+@exit_on_error
 def main(argv=None):
     args = build_parser().parse_args(argv)
     out, sidecar = publish(args.checkpoint, args.metrics, args.output_dir, args.author)
     dropped = ", ".join(sidecar["source"]["dropped_keys"]) or "nothing"
-    print(f"Dropped: {dropped}. sha256: {sidecar['sha256']}. Metrics: {os.path.join(os.path.dirname(out), _SIDECAR)}")
+    print(
+        f"Dropped: {dropped}. sha256: {sidecar['sha256']}. "
+        f"Metrics: {os.path.join(os.path.dirname(out), _SIDECAR)}"
+    )
     print(out)
     return 0
 

@@ -16,6 +16,7 @@ checkpoint behind, survives a corrupt one at ``--resume``, and refuses weights o
   fit (else it is clearly another architecture); other mismatches get Detectron2's warnings.
   A violation raises :class:`CheckpointMismatchError` with a table of the mismatched keys.
 """
+
 import logging
 import os
 import re
@@ -23,11 +24,21 @@ import tempfile
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _filter_reused_missing_keys
 
-from detectron2.checkpoint import DetectionCheckpointer
+# The error classes live in nrd_rsp.errors; importable from here too.
+from .errors import CheckpointError, CheckpointMismatchError, CorruptCheckpointError
 
-__all__ = ["CheckpointError", "CheckpointMismatchError", "SafeCheckpointer", "atomic_write", "torch_load_tensors"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "CorruptCheckpointError",
+    "SafeCheckpointer",
+    "atomic_write",
+    "load_weights",
+    "torch_load_tensors",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,39 +49,28 @@ _CONFIG_BUFFERS = ("pixel_mean", "pixel_std")
 MAX_TABLE_ROWS = 40
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used (unreadable, none readable at ``--resume``, or another model)."""
-
-
 def torch_load_tensors(path, what):
-    """``torch.load(path, weights_only=True)`` on CPU; any failure becomes a one-line ``CheckpointError``
-    (a file that is not a ``torch.save`` file, is truncated, or holds arbitrary objects)."""
+    """``torch.load(path, weights_only=True)`` on CPU; any failure becomes a one-line
+    ``CheckpointError`` (a file that is not a ``torch.save`` file, is truncated, or holds
+    arbitrary objects)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         msg = str(e)
         m = re.search(r"WeightsUnpickler error:\s*(.+?)\n\n", msg, re.S)
         reason = m.group(1).strip() if m else (msg.strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"Cannot read '{path}' as {what}: torch.load(weights_only=True) failed ({reason}).") from e
-
-
-class CorruptCheckpointError(CheckpointError):
-    """The file cannot be read as a checkpoint (truncated, corrupt, missing)."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """The checkpoint's tensors do not fit the model. ``table`` lists the mismatched keys."""
-
-    def __init__(self, message: str, table: str = ""):
-        super().__init__(message)
-        self.table = table
+        raise CheckpointError(
+            f"Cannot read '{path}' as {what}: torch.load(weights_only=True) failed ({reason})."
+        ) from e
 
 
 def atomic_write(path: str, write: Callable) -> None:
     """Write ``path`` through ``write(binary file)`` into a temporary file in the same directory,
     ``fsync`` it and rename it into place, so that ``path`` is always either old or complete."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=_TMP_SUFFIX, dir=directory)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=_TMP_SUFFIX, dir=directory
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -138,7 +138,8 @@ class SafeCheckpointer(DetectionCheckpointer):
         if not self._local_dir():
             return super().tag_last_checkpoint(last_filename_basename)
         atomic_write(
-            os.path.join(self.save_dir, "last_checkpoint"), lambda f: f.write(last_filename_basename.encode())
+            os.path.join(self.save_dir, "last_checkpoint"),
+            lambda f: f.write(last_filename_basename.encode()),
         )
 
     # ------------------------------------------------------------------------------------------
@@ -156,14 +157,19 @@ class SafeCheckpointer(DetectionCheckpointer):
         try:
             data = super()._load_file(filename)
         except Exception as e:
-            raise CorruptCheckpointError(f"cannot read checkpoint '{filename}': {type(e).__name__}: {e}") from e
+            raise CorruptCheckpointError(
+                f"cannot read checkpoint '{filename}': {type(e).__name__}: {e}"
+            ) from e
         if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-            raise CorruptCheckpointError(f"'{filename}' is not a checkpoint (no 'model' state dict)")
+            raise CorruptCheckpointError(
+                f"'{filename}' is not a checkpoint (no 'model' state dict)"
+            )
         return data
 
     def _load_model(self, checkpoint):
         ckpt_shapes = {
-            (k[len("module."):] if k.startswith("module.") else k): _shape(v) for k, v in checkpoint["model"].items()
+            (k[len("module.") :] if k.startswith("module.") else k): _shape(v)
+            for k, v in checkpoint["model"].items()
         }
         model_shapes = {k: _shape(v) for k, v in self.model.state_dict().items()}
         incompatible = super()._load_model(checkpoint)
@@ -172,9 +178,17 @@ class SafeCheckpointer(DetectionCheckpointer):
 
     def _check_fit(self, incompatible, model_shapes: Dict, ckpt_shapes: Dict) -> None:
         shape_keys = {k for k, _, _ in incompatible.incorrect_shapes}
-        missing = [k for k in _filter_reused_missing_keys(self.model, incompatible.missing_keys) if k not in shape_keys]
+        missing = [
+            k
+            for k in _filter_reused_missing_keys(self.model, incompatible.missing_keys)
+            if k not in shape_keys
+        ]
         # BatchNorm fills a missing num_batches_tracked itself (never reported missing).
-        model_keys = [k for k in model_shapes if k not in _CONFIG_BUFFERS and not k.endswith("num_batches_tracked")]
+        model_keys = [
+            k
+            for k in model_shapes
+            if k not in _CONFIG_BUFFERS and not k.endswith("num_batches_tracked")
+        ]
         fitting = set(model_keys) - set(incompatible.missing_keys) - shape_keys
         path = self._path_being_loaded
         if self.strict and (missing or shape_keys):
@@ -184,15 +198,24 @@ class SafeCheckpointer(DetectionCheckpointer):
             )
             need = "evaluation and --resume need every model tensor"
         elif not self.strict and model_keys and not fitting:
-            problem = f"none of its {len(ckpt_shapes)} tensors fits the model's {len(model_keys)} tensors"
+            problem = (
+                f"none of its {len(ckpt_shapes)} tensors fits the model's {len(model_keys)} tensors"
+            )
             need = "this is not a checkpoint of this model"
         else:
             return
-        table = self.mismatch_table(missing, incompatible.incorrect_shapes, incompatible.unexpected_keys,
-                                    model_shapes, ckpt_shapes)
+        table = self.mismatch_table(
+            missing,
+            incompatible.incorrect_shapes,
+            incompatible.unexpected_keys,
+            model_shapes,
+            ckpt_shapes,
+        )
         raise CheckpointMismatchError(
-            f"Checkpoint '{path}' does not fit the model: {problem} ({len(incompatible.unexpected_keys)} of its "
-            f"tensors are unused); {need}. It was probably saved from another architecture or config: use "
+            f"Checkpoint '{path}' does not fit the model: {problem} "
+            f"({len(incompatible.unexpected_keys)} of its "
+            f"tensors are unused); {need}. "
+            "It was probably saved from another architecture or config: use "
             "the config it was trained with (see the table above).",
             table,
         )
@@ -220,9 +243,14 @@ class SafeCheckpointer(DetectionCheckpointer):
         ``model_<iter>.pth`` by decreasing iteration, then other ``*.pth`` by decreasing mtime."""
         if not self._local_dir() or not os.path.isdir(self.save_dir):
             return [self.get_checkpoint_file()] if self.has_checkpoint() else []
-        files = [f for f in os.listdir(self.save_dir) if f.endswith(".pth") and not f.startswith(".")]
+        files = [
+            f for f in os.listdir(self.save_dir) if f.endswith(".pth") and not f.startswith(".")
+        ]
         files = [f for f in files if os.path.isfile(os.path.join(self.save_dir, f))]
-        numbered = sorted((f for f in files if _NUMBERED.match(f)), key=lambda f: -int(_NUMBERED.match(f).group(1)))
+        numbered = sorted(
+            (f for f in files if _NUMBERED.match(f)),
+            key=lambda f: -int(_NUMBERED.match(f).group(1)),
+        )
         others = sorted(
             (f for f in files if not _NUMBERED.match(f)),
             key=lambda f: -os.path.getmtime(os.path.join(self.save_dir, f)),
@@ -230,14 +258,20 @@ class SafeCheckpointer(DetectionCheckpointer):
         ordered = [os.path.join(self.save_dir, f) for f in numbered + others]
         tagged = self.get_checkpoint_file() if self.has_checkpoint() else ""
         if tagged:
-            ordered = [tagged] + [p for p in ordered if os.path.abspath(p) != os.path.abspath(tagged)]
+            ordered = [tagged] + [
+                p for p in ordered if os.path.abspath(p) != os.path.abspath(tagged)
+            ]
         return ordered
 
     def _remove_stale_temporaries(self) -> None:
         if not self.save_to_disk or not self._local_dir() or not os.path.isdir(self.save_dir):
             return
         for f in os.listdir(self.save_dir):
-            if f.startswith(".") and f.endswith(_TMP_SUFFIX) and (".pth." in f or f.startswith(".last_checkpoint.")):
+            if (
+                f.startswith(".")
+                and f.endswith(_TMP_SUFFIX)
+                and (".pth." in f or f.startswith(".last_checkpoint."))
+            ):
                 self.logger.info(f"Removing {f}, left by a run killed while saving a checkpoint")
                 try:
                     os.remove(os.path.join(self.save_dir, f))
@@ -270,23 +304,49 @@ class SafeCheckpointer(DetectionCheckpointer):
                     ret = self.load(candidate)
                 except CorruptCheckpointError as e:
                     failures.append(str(e))
-                    self.logger.warning(f"Cannot resume from {candidate}: {e}. Trying an older checkpoint ...")
+                    self.logger.warning(
+                        f"Cannot resume from {candidate}: {e}. Trying an older checkpoint ..."
+                    )
                     continue
                 finally:
                     self.strict = False
                 if failures:
-                    self.logger.warning(f"Resumed from {candidate} instead (the newer checkpoints are unreadable).")
+                    self.logger.warning(
+                        f"Resumed from {candidate} instead (the newer checkpoints are unreadable)."
+                    )
                 self.resumed_from = candidate
                 return ret
             if failures:
                 raise CheckpointError(
-                    f"--resume: no readable checkpoint in '{self.save_dir}' ({'; '.join(failures)}). Refusing to "
-                    "start from scratch: delete the broken files and last_checkpoint to start over, or "
+                    f"--resume: no readable checkpoint in '{self.save_dir}' "
+                    f"({'; '.join(failures)}). Refusing to "
+                    "start from scratch: delete the broken files and last_checkpoint "
+                    "to start over, or "
                     "train from a good checkpoint with MODEL.WEIGHTS and no --resume."
                 )
-            self.logger.info(f"--resume: no checkpoint in '{self.save_dir}' yet; starting from MODEL.WEIGHTS.")
+            self.logger.info(
+                f"--resume: no checkpoint in '{self.save_dir}' yet; starting from MODEL.WEIGHTS."
+            )
         self.strict = strict
         try:
             return self.load(path, checkpointables=[])
         finally:
             self.strict = False
+
+
+def load_weights(model, path: str, *, strict: bool = True, resume_dir: str = "") -> Dict:
+    """The one checked way to load weights into ``model`` (:class:`SafeCheckpointer`).
+
+    Args:
+        path: checkpoint file or URL (``""``: nothing to load).
+        strict: every model tensor must be in the checkpoint with its shape (evaluation,
+            inference, a published model); else at least one must fit (e.g. ImageNet weights
+            for the backbone alone).
+        resume_dir: with a directory, the newest readable checkpoint in it is loaded instead of
+            ``path`` (strictly) when there is one (``--eval-only --resume``).
+    Raises:
+        CheckpointError / CheckpointMismatchError: unreadable weights, or weights that do not
+            fit (with a table of the mismatched keys).
+    """
+    checkpointer = SafeCheckpointer(model, save_dir=resume_dir)
+    return checkpointer.resume_or_load(path, resume=bool(resume_dir), strict=strict)

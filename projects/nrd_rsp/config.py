@@ -4,6 +4,7 @@
 and of ``detectron2.projects.deeplab`` (poly LR, DeepLab ResNet stem, ASPP keys). Call it right
 after ``get_cfg()`` and before ``merge_from_file``.
 """
+
 from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
 
@@ -14,11 +15,14 @@ def add_nrd_rsp_config(cfg):
     """Add the project's config keys to ``cfg`` in place. Safe to call twice."""
     if getattr(cfg, "_NRD_RSP_CONFIG_ADDED", False):
         return
-    add_deeplab_config(cfg)  # INPUT.CROP.SINGLE_CATEGORY_MAX_AREA, SOLVER.POLY_LR_*, RESNETS.STEM_TYPE ...
+    add_deeplab_config(
+        cfg
+    )  # INPUT.CROP.SINGLE_CATEGORY_MAX_AREA, SOLVER.POLY_LR_*, RESNETS.STEM_TYPE ...
     _add_input_config(cfg)
     _add_dataset_config(cfg)
     _add_rsp_config(cfg)
     _add_nrd_config(cfg)
+    _register_renamed_keys(cfg)
     _add_solver_and_test_config(cfg)
     _add_reliability_config(cfg)
     cfg._NRD_RSP_CONFIG_ADDED = True
@@ -72,18 +76,24 @@ def _add_rsp_config(cfg):
     # Identity skip around each RSP: F_out = F + ReLU(Norm(Conv(F + W_o c))) (docs/RSP.md, Eq. 4).
     # False gives the plain F_out = ReLU(Norm(Conv(F + W_o c))).
     cfg.MODEL.RSP.IDENTITY_SKIP = True
-    # Semantic branch of RSPSemSegHead: "p2" classifies from P2' alone; "sum" sums the levels
+    # Read by RSPSemSegHead only (a head key, as Detectron2's heads read MODEL.SEM_SEG_HEAD.*):
+    # "p2" classifies from P2' alone; "sum" sums the levels of MODEL.SEM_SEG_HEAD.IN_FEATURES
     # upsampled to stride 4, Semantic-FPN style.
-    cfg.MODEL.RSP.SEM_SEG_FUSION = "sum"
-    # RSPPanopticFPN: which features the RPN and ROI heads see, "refined" or "fpn".
-    cfg.MODEL.RSP.INSTANCE_FEATURES = "refined"
+    cfg.MODEL.SEM_SEG_HEAD.RSP_FUSION = "sum"
+    # Keys of the RSPPanopticFPN meta-architecture (as MODEL.PANOPTIC_FPN for PanopticFPN).
+    cfg.MODEL.RSP_PANOPTIC_FPN = CN()
+    # Which features the RPN and ROI heads see: "refined" (P2'..P5', P6) or "fpn" (P2..P6).
+    cfg.MODEL.RSP_PANOPTIC_FPN.INSTANCE_FEATURES = "refined"
 
 
 def _add_nrd_config(cfg):
     """NRD head (Zhang et al. NeurIPS 2021), see docs/NRD.md.
 
     Class count, ignore label and main loss weight come from MODEL.SEM_SEG_HEAD.{NUM_CLASSES,
-    IGNORE_VALUE, LOSS_WEIGHT}. Dynamic parameters per controller location:
+    IGNORE_VALUE, LOSS_WEIGHT}; its features from MODEL.NRD.*_IN_FEATURE (NRDHead does not read
+    MODEL.SEM_SEG_HEAD.IN_FEATURES, so the NRD configs leave it unset). Norm keys take
+    Detectron2's values: "BN", "SyncBN", "GN", ..., "" for no norm. Dynamic parameters per
+    controller location:
     P = Cin*H + H + H*H + H + H*K + K with Cin = 2 + 4 * FOURIER_FEATURES + G
     (899 for K = 19 with the defaults).
     """
@@ -97,7 +107,8 @@ def _add_nrd_config(cfg):
     cfg.MODEL.NRD.CONTROLLER_CHANNELS = 512
     cfg.MODEL.NRD.HIDDEN_CHANNELS = 16  # H
     cfg.MODEL.NRD.GUIDANCE_CHANNELS = 16  # G
-    cfg.MODEL.NRD.GUIDANCE_PROJ_CHANNELS = 48
+    # Width of the guidance branch's 3x3 conv, before its 1x1 projection to GUIDANCE_CHANNELS.
+    cfg.MODEL.NRD.GUIDANCE_CONV_CHANNELS = 48
     # r: each controller location decodes an r x r patch; output stride = controller stride / r.
     cfg.MODEL.NRD.PATCH_SIZE = 8
     cfg.MODEL.NRD.FOURIER_FEATURES = 0  # 0: off; else number of frequencies per coordinate
@@ -106,21 +117,34 @@ def _add_nrd_config(cfg):
     cfg.MODEL.NRD.SCALE_CONTROLLER_INIT = True
     # Norm of every NRD conv; GN (32 groups) cannot split the reference's 48 guidance channels.
     cfg.MODEL.NRD.NORM = "BN"
-    # Norm of the MLP input (2 + G channels: coordinates + guidance; BN / SyncBN in the paper).
-    # "" uses NORM.
-    cfg.MODEL.NRD.INPUT_NORM = ""
+    # Norm of the MLP input (2 + G channels: coordinates + guidance). The authors use the head's
+    # norm (BN / SyncBN); "" is no norm.
+    cfg.MODEL.NRD.INPUT_NORM = "BN"
     cfg.MODEL.NRD.AUX_CHANNELS = 256
     cfg.MODEL.NRD.AUX_LOSS_WEIGHT = 0.4
     cfg.MODEL.NRD.AUX_DROPOUT = 0.1
-    # Norm of the light ASPP's image-pooling 1x1 conv. "" (default) follows NORM: 1x1 conv +
-    # norm + ReLU, the authors' mmseg ASPPHead.image_pool. "none": 1x1 conv with bias + ReLU and
-    # no norm, as Detectron2's ASPP (BatchNorm on the 1x1 pooled map needs more than one image
-    # per GPU in training; SyncBN does not).
-    cfg.MODEL.NRD.POOLING_NORM = ""
+    # Norm of the light ASPP's image-pooling 1x1 conv: 1x1 conv + norm + ReLU, the authors'
+    # mmseg ASPPHead.image_pool with the head's norm (BN / SyncBN). "": 1x1 conv with bias + ReLU
+    # and no norm, as Detectron2's ASPP (BatchNorm on the 1x1 pooled map needs more than one
+    # image per GPU in training; SyncBN does not).
+    cfg.MODEL.NRD.POOLING_NORM = "BN"
     # Averaging of the main and auxiliary cross-entropy. False (default, the authors' mmseg 0.10
     # loss, before its avg_non_ignore option): sum over the valid pixels divided by the number of
     # all target pixels, ignored ones counting 0. True: mean over the valid pixels only.
     cfg.MODEL.NRD.LOSS_AVG_NON_IGNORE = False
+
+
+# Keys this project renamed: a config that still sets one fails with the new name.
+RENAMED_KEYS = {
+    "MODEL.NRD.GUIDANCE_PROJ_CHANNELS": "MODEL.NRD.GUIDANCE_CONV_CHANNELS",
+    "MODEL.RSP.SEM_SEG_FUSION": "MODEL.SEM_SEG_HEAD.RSP_FUSION",
+    "MODEL.RSP.INSTANCE_FEATURES": "MODEL.RSP_PANOPTIC_FPN.INSTANCE_FEATURES",
+}
+
+
+def _register_renamed_keys(cfg):
+    for old, new in RENAMED_KEYS.items():
+        cfg.register_renamed_key(old, new)
 
 
 def _add_solver_and_test_config(cfg):
@@ -135,7 +159,8 @@ def _add_solver_and_test_config(cfg):
 
 
 def _add_reliability_config(cfg):
-    """Fault tolerance (nrd_rsp.data.robust, nrd_rsp.checkpoint, nrd_rsp.engine); README "Reliability"."""
+    """Fault tolerance (nrd_rsp.data.resumable_loader, nrd_rsp.checkpoint, nrd_rsp.engine);
+    README "Reliability"."""
     # Unreadable/corrupt training samples are skipped with a warning; training stops once more
     # than this fraction of the samples loaded so far were skipped ...
     cfg.DATALOADER.MAX_SKIPPED_FRACTION = 0.05

@@ -9,17 +9,22 @@ ground truth (pixels whose 4-neighbourhood holds another label) are matched with
 ground-truth boundary, recall the converse; F = 2PR / (P + R). Pixels labelled ``ignore_label``
 are excluded. Scores are pooled over the dataset (sums of matched / total boundary pixels).
 """
+
 import itertools
 
 import cv2
 import numpy as np
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import CityscapesSemSegEvaluator, DatasetEvaluator
 from detectron2.evaluation.sem_seg_evaluation import load_image_into_numpy_array
 from detectron2.utils import comm
 
-__all__ = ["boundary_map", "boundary_counts", "BoundaryFScoreEvaluator", "CityscapesScriptsEvaluator"]
+__all__ = [
+    "boundary_map",
+    "boundary_counts",
+    "BoundaryFScoreEvaluator",
+    "CityscapesScriptsEvaluator",
+]
 
 
 def boundary_map(label: np.ndarray) -> np.ndarray:
@@ -51,7 +56,8 @@ def boundary_counts(pred: np.ndarray, gt: np.ndarray, band: int, ignore_label: i
 
 
 class BoundaryFScoreEvaluator(DatasetEvaluator):
-    """Boundary F-score (in %) of ``outputs["sem_seg"]`` against the dataset's ``sem_seg_file_name``.
+    """Boundary F-score (in %) of ``outputs["sem_seg"]`` against the dataset's
+    ``sem_seg_file_name``.
 
     Reports ``{"boundary": {"BF": F, "BP": precision, "BR": recall}}``.
     """
@@ -59,7 +65,9 @@ class BoundaryFScoreEvaluator(DatasetEvaluator):
     def __init__(self, dataset_name, band=2, distributed=True):
         meta = MetadataCatalog.get(dataset_name)
         self._ignore = meta.ignore_label
-        self._gt_file = {d["file_name"]: d["sem_seg_file_name"] for d in DatasetCatalog.get(dataset_name)}
+        self._gt_file = {
+            d["file_name"]: d["sem_seg_file_name"] for d in DatasetCatalog.get(dataset_name)
+        }
         self._band = band
         self._distributed = distributed
 

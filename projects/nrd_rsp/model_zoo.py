@@ -11,15 +11,14 @@ That directory is ``$NRD_RSP_CONFIGS`` when set, else the first ``configs/`` fou
 from this package (``<repo>/configs`` in an editable install). ``CHECKPOINT_URLS`` lists one
 published checkpoint per config (see MODEL_ZOO.md); every URL is empty until a release fills it.
 """
+
 import difflib
 import os
 from typing import Dict, List, Optional, Sequence
 
-import torch
-
-from detectron2.checkpoint import DetectionCheckpointer
-
-from .engine import ConfigError, Trainer, setup_cfg
+from .checkpoint import load_weights
+from .engine import Trainer, setup_cfg
+from .errors import ConfigError
 
 __all__ = [
     "CONFIGS_ENV",
@@ -181,24 +180,29 @@ def get_config(config_path: str, trained: bool = False, opts: Sequence[str] = ()
     return cfg
 
 
-def get(config_path: str, trained: bool = False, device: Optional[str] = None, opts: Sequence[str] = ()):
+def get(
+    config_path: str, trained: bool = False, device: Optional[str] = None, opts: Sequence[str] = ()
+):
     """Build a model-zoo model and load its weights, like :func:`detectron2.model_zoo.get`.
 
     Args:
         config_path, trained, opts: see :func:`get_config`. Real-dataset configs point
             ``MODEL.WEIGHTS`` at ImageNet weights that are downloaded on first use; pass
             ``opts=["MODEL.WEIGHTS", ""]`` for a randomly initialised model.
-        device: overrides ``MODEL.DEVICE``; default: the config's, or "cpu" without CUDA.
+        device: overrides ``MODEL.DEVICE``; default: the config's (``setup_cfg`` made it "cpu"
+            without CUDA).
 
     Returns:
         nn.Module in training mode (call ``.eval()`` for inference).
+    Raises:
+        CheckpointMismatchError: the weights do not fit the model. A published checkpoint
+            (``trained``) must hold every model tensor with its shape; other weights (ImageNet)
+            at least one (:func:`nrd_rsp.checkpoint.load_weights`).
     """
     cfg = get_config(config_path, trained=trained, opts=opts)
-    if device is None and not torch.cuda.is_available():
-        device = "cpu"
     if device is not None:
         cfg.MODEL.DEVICE = device
     model = Trainer.build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        load_weights(model, cfg.MODEL.WEIGHTS, strict=trained)
     return model

@@ -11,7 +11,6 @@ import math
 from typing import List
 
 import torch
-
 from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR as _D2WarmupPolyLR
 from detectron2.solver import LRScheduler
 from detectron2.solver import build_lr_scheduler as build_d2_lr_scheduler

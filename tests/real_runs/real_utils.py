@@ -1,6 +1,7 @@
 """Shared set-up of the real-path tests: the dataset stand-ins (``tests/standins.py``) written and
 prepared once per module, random "ImageNet" weights converted as a user would, and ``train_net.py``
 runs of the shipped configs at tiny size."""
+
 import glob
 import json
 import math
@@ -8,11 +9,9 @@ import os
 import subprocess
 import sys
 
-import pytest
+import standins
 import torch
 import torchvision
-
-import standins
 from conftest import ROOT
 
 CONVERT = os.path.join(ROOT, "tools", "convert-torchvision-to-d2.py")
@@ -24,11 +23,13 @@ SIZE_OPTS = {
         "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "256",
     ],
     "ADE20K-SemanticSegmentation": [
-        "INPUT.RESIZE_BASE_SIZE", "(64, 256)", "INPUT.CROP.SIZE", "(64, 64)", "INPUT.SIZE_DIVISIBILITY", "64",
+        "INPUT.RESIZE_BASE_SIZE", "(64, 256)", "INPUT.CROP.SIZE", "(64, 64)",
+        "INPUT.SIZE_DIVISIBILITY", "64",
         "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "256",
     ],
     "PascalContext-SemanticSegmentation": [
-        "INPUT.RESIZE_BASE_SIZE", "(80, 80)", "INPUT.CROP.SIZE", "(64, 64)", "INPUT.SIZE_DIVISIBILITY", "64",
+        "INPUT.RESIZE_BASE_SIZE", "(80, 80)", "INPUT.CROP.SIZE", "(64, 64)",
+        "INPUT.SIZE_DIVISIBILITY", "64",
         "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "256",
     ],
     # SCORE_THRESH_TEST 0: an untrained box head scores every class ~1/81 (< the 0.05 default),
@@ -37,7 +38,8 @@ SIZE_OPTS = {
     # heads' features to ~1e6 and leaves no proposal to evaluate.
     "COCO-PanopticSegmentation": [
         "INPUT.MIN_SIZE_TRAIN", "(64, 80)", "INPUT.MAX_SIZE_TRAIN", "128",
-        "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+        "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
         "SOLVER.BASE_LR", "0.0001",
     ],
 }  # fmt: skip
@@ -64,11 +66,14 @@ EXPECTED_METRICS = {
 def shipped_configs(folder):
     """The leaf configs (not ``Base-*``) of ``configs/<folder>``, relative to the repository."""
     paths = glob.glob(os.path.join(ROOT, "configs", folder, "*.yaml"))
-    return sorted(os.path.relpath(p, ROOT) for p in paths if not os.path.basename(p).startswith("Base-"))
+    return sorted(
+        os.path.relpath(p, ROOT) for p in paths if not os.path.basename(p).startswith("Base-")
+    )
 
 
 def write_standins(tmp_path_factory):
-    """Write and prepare the four stand-ins (as a user runs datasets/prepare_*.py); returns the root."""
+    """Write and prepare the four stand-ins (as a user runs datasets/prepare_*.py); returns the
+    root."""
     root = str(tmp_path_factory.mktemp("datasets"))
     standins.write_all(root)
     standins.prepare_all(root)
@@ -99,7 +104,9 @@ def convert_random_resnet(directory, depth):
     src = os.path.join(directory, f"resnet{depth}.pth")
     dst = os.path.join(directory, f"R-{depth}-torchvision.pkl")
     torch.save(random_imagenet_like_resnet(depth), src)
-    r = subprocess.run([sys.executable, CONVERT, src, dst], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, CONVERT, src, dst], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     os.remove(src)
     return dst
@@ -123,7 +130,10 @@ def weights_for(config, weights_by_depth):
     from nrd_rsp.engine import setup_cfg
 
     cfg = setup_cfg(os.path.join(ROOT, config), ["MODEL.WEIGHTS", ""], quiet=True)
-    if cfg.MODEL.BACKBONE.NAME == "build_resnet_deeplab_backbone" and cfg.MODEL.RESNETS.STEM_TYPE == "deeplab":
+    if (
+        cfg.MODEL.BACKBONE.NAME == "build_resnet_deeplab_backbone"
+        and cfg.MODEL.RESNETS.STEM_TYPE == "deeplab"
+    ):
         return ""
     return weights_by_depth[cfg.MODEL.RESNETS.DEPTH]
 
@@ -132,7 +142,12 @@ def train_net(config, datasets, output_dir, *opts, flags=(), num_gpus=1, timeout
     """``train_net.py --config-file CONFIG FLAGS`` on the stand-ins at ``datasets``, shrunk by
     ``SIZE_OPTS`` and ``SCHEDULE_OPTS``, then ``OPTS``; returns the CompletedProcess."""
     folder = os.path.basename(os.path.dirname(config))
-    args = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", os.path.join(ROOT, config)]
+    args = [
+        sys.executable,
+        os.path.join(ROOT, "train_net.py"),
+        "--config-file",
+        os.path.join(ROOT, config),
+    ]
     args += [*flags, *(["--num-gpus", str(num_gpus)] if num_gpus > 1 else [])]
     args += [*SIZE_OPTS[folder], *SCHEDULE_OPTS, "OUTPUT_DIR", str(output_dir), *opts]
     env = dict(os.environ, DETECTRON2_DATASETS=datasets, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -140,7 +155,9 @@ def train_net(config, datasets, output_dir, *opts, flags=(), num_gpus=1, timeout
 
 
 def check_ok(r):
-    assert r.returncode == 0, f"train_net.py failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+    assert r.returncode == 0, (
+        f"train_net.py failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+    )
 
 
 def read_results(output_dir):
@@ -157,18 +174,14 @@ def check_metrics(results, folder, suffix=""):
             assert isinstance(v, float) and math.isfinite(v) and 0.0 <= v <= 100.0, (task, m, v)
 
 
-@pytest.fixture(scope="module")
-def standin_setup(tmp_path_factory):
-    """(dataset root with the prepared stand-ins, :class:`ConvertedWeights`), once per module."""
-    return write_standins(tmp_path_factory), ConvertedWeights(tmp_path_factory.mktemp("weights"))
-
-
 def train_and_check(config, setup, output_dir, *opts, **kwargs):
     """Train ``config`` on the stand-ins with its "ImageNet" weights (:func:`weights_for`),
     check that it ran and reported every metric of its dataset; returns (results, the
     CompletedProcess)."""
     root, weights = setup
-    r = train_net(config, root, output_dir, "MODEL.WEIGHTS", weights_for(config, weights), *opts, **kwargs)
+    r = train_net(
+        config, root, output_dir, "MODEL.WEIGHTS", weights_for(config, weights), *opts, **kwargs
+    )
     check_ok(r)
     results = read_results(output_dir)
     check_metrics(results, os.path.basename(os.path.dirname(config)))

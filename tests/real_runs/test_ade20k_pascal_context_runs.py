@@ -1,13 +1,17 @@
 """Every shipped ADE20K and PASCAL Context config trains two iterations on the stand-ins (official
 layouts, prepared by datasets/prepare_ade20k_sem_seg.py and prepare_pascal_context.py) and is
 evaluated by SemSegEvaluator, as ``train_net.py`` runs it for a user."""
+
 import os
 
 import pytest
+from real_utils import shipped_configs, train_and_check
 
-from real_utils import shipped_configs, standin_setup, train_and_check  # noqa: F401 (fixture)
-
-CONFIGS = [c for f in ["ADE20K-SemanticSegmentation", "PascalContext-SemanticSegmentation"] for c in shipped_configs(f)]
+CONFIGS = [
+    c
+    for f in ["ADE20K-SemanticSegmentation", "PascalContext-SemanticSegmentation"]
+    for c in shipped_configs(f)
+]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[os.path.basename(c) for c in CONFIGS])

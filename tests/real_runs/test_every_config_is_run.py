@@ -1,18 +1,20 @@
 """Every shipped config is exercised by a test: the real ones train and evaluate on the dataset
 stand-ins (tests/real_runs), the toy ones train a step and predict
 (tests/reliability/test_degenerate_inputs.py), and every Base-*.yaml is inherited by a leaf."""
+
 import ast
 import glob
 import os
 
-import yaml
-
 import test_ade20k_pascal_context_runs
 import test_cityscapes_runs
 import test_coco_runs
+import yaml
 from conftest import ROOT
 
-REAL_RUNS = set(test_cityscapes_runs.CONFIGS + test_coco_runs.CONFIGS + test_ade20k_pascal_context_runs.CONFIGS)
+REAL_RUNS = set(
+    test_cityscapes_runs.CONFIGS + test_coco_runs.CONFIGS + test_ade20k_pascal_context_runs.CONFIGS
+)
 
 
 def _list_in(test_file, name):
@@ -20,7 +22,8 @@ def _list_in(test_file, name):
     with open(os.path.join(ROOT, "tests", test_file)) as f:
         tree = ast.parse(f.read())
     (value,) = [
-        node.value for node in tree.body
+        node.value
+        for node in tree.body
         if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [name]
     ]
     return ast.literal_eval(value)
@@ -28,7 +31,9 @@ def _list_in(test_file, name):
 
 def _toy_models():
     """Toy configs trained by test_degenerate_inputs.py (MODELS) or test_train_net.py (TOY_RUNS)."""
-    names = _list_in("reliability/test_degenerate_inputs.py", "MODELS") + _list_in("test_train_net.py", "TOY_RUNS")
+    names = _list_in("reliability/test_degenerate_inputs.py", "MODELS") + _list_in(
+        "test_train_net.py", "TOY_RUNS"
+    )
     return {f"configs/Toy/{m}.yaml" for m in names}
 
 

@@ -1,23 +1,25 @@
 """The README's no-network route to ImageNet weights: a torchvision ResNet, converted with
 tools/convert-torchvision-to-d2.py, fills the whole ResNet of every shipped real config. (A
-randomly initialised torchvision ResNet stands in for the ImageNet one; the key layout is the same.)"""
+randomly initialised torchvision ResNet stands in for the ImageNet one; the key layout is the
+same.)"""
+
 import os
 import pickle
 
 import pytest
-import torch
-
-from detectron2.checkpoint import DetectionCheckpointer
-
-from nrd_rsp.engine import Trainer, setup_cfg
-
 import test_ade20k_pascal_context_runs
 import test_cityscapes_runs
 import test_coco_runs
+import torch
 from conftest import ROOT
+from detectron2.checkpoint import DetectionCheckpointer
 from real_utils import ConvertedWeights
 
-CONFIGS = test_cityscapes_runs.CONFIGS + test_coco_runs.CONFIGS + test_ade20k_pascal_context_runs.CONFIGS
+from nrd_rsp.engine import Trainer, setup_cfg
+
+CONFIGS = (
+    test_cityscapes_runs.CONFIGS + test_coco_runs.CONFIGS + test_ade20k_pascal_context_runs.CONFIGS
+)
 # The deep-stem (DeepLab / ResNetV1c) backbones have no torchvision counterpart; the converter's
 # documented overrides give them torchvision's 7x7 stem.
 BASIC_STEM = ["MODEL.RESNETS.STEM_TYPE", "basic", "MODEL.RESNETS.STEM_OUT_CHANNELS", "64"]
@@ -30,9 +32,13 @@ def weights(tmp_path_factory):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[os.path.basename(c) for c in CONFIGS])
 def test_converted_torchvision_weights_fill_the_backbone(config, weights):
-    cfg = setup_cfg(os.path.join(ROOT, config), ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"], quiet=True)
+    cfg = setup_cfg(
+        os.path.join(ROOT, config), ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"], quiet=True
+    )
     opts = BASIC_STEM if cfg.MODEL.BACKBONE.NAME == "build_resnet_deeplab_backbone" else []
-    cfg = setup_cfg(os.path.join(ROOT, config), ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts], quiet=True)
+    cfg = setup_cfg(
+        os.path.join(ROOT, config), ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts], quiet=True
+    )
     model = Trainer.build_model(cfg)
     resnet = model.backbone.bottom_up if hasattr(model.backbone, "bottom_up") else model.backbone
     prefix = "backbone.bottom_up." if hasattr(model.backbone, "bottom_up") else "backbone."

@@ -1,7 +1,8 @@
 """Shared helpers of the reliability tests: small, fast toy settings and train_net runners."""
+
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,8 @@ PANOPTIC_CFG = "configs/Toy/panoptic_fpn_R_18_toy.yaml"
 
 # 64x80 toy images (the generator's minimum is 48), 64x64 crops: ~4x cheaper than the defaults.
 SMALL_SEMANTIC_OPTS = TOY_OPTS + [
-    "DATASETS.TOY.IMAGE_SIZE", "(64, 80)", "INPUT.RESIZE_BASE_SIZE", "(64, 80)", "INPUT.CROP.SIZE", "(64, 64)",
+    "DATASETS.TOY.IMAGE_SIZE", "(64, 80)", "INPUT.RESIZE_BASE_SIZE", "(64, 80)",
+    "INPUT.CROP.SIZE", "(64, 64)",
     "INPUT.SIZE_DIVISIBILITY", "64", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",
     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "TEST.NUM_VIS_IMAGES", "0",
 ]  # fmt: skip
@@ -29,18 +31,28 @@ def train_net_cmd(*args):
 def run(args, timeout=600, env=None):
     """Run ``train_net.py ARGS`` (one thread per process); returns the CompletedProcess."""
     full_env = dict(os.environ, **ENV, **(env or {}))
-    return subprocess.run(train_net_cmd(*args), cwd=ROOT, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        train_net_cmd(*args),
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def popen(args, log_path, env=None):
     full_env = dict(os.environ, **ENV, **(env or {}))
     log = open(log_path, "w")
-    return subprocess.Popen(train_net_cmd(*args), cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        train_net_cmd(*args), cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def check_ok(r):
-    assert r.returncode == 0, f"train_net.py failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+    assert r.returncode == 0, (
+        f"train_net.py failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+    )
 
 
 def read_losses(out_dir):
@@ -59,7 +71,11 @@ def error_lines(stderr):
     """The lines of ``stderr`` that are not warnings: Python's (``warnings.warn``), PyTorch's
     C++ ones (``W1201 12:00:00.000 ...``) and download progress bars (``... B/s]``)."""
     return [
-        line for line in stderr.splitlines()
-        if line.strip() and "Warning" not in line and not line.startswith("  warnings.warn")
-        and not re.match(r"W\d{4} \d\d:\d\d", line) and not line.rstrip().endswith("B/s]")
+        line
+        for line in stderr.splitlines()
+        if line.strip()
+        and "Warning" not in line
+        and not line.startswith("  warnings.warn")
+        and not re.match(r"W\d{4} \d\d:\d\d", line)
+        and not line.rstrip().endswith("B/s]")
     ]

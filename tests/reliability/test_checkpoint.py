@@ -1,5 +1,6 @@
 """SafeCheckpointer: atomic saves (also under SIGKILL), resume fallback over corrupt checkpoints,
 refusal to start from scratch, checked weight loading."""
+
 import os
 import signal
 import subprocess
@@ -8,11 +9,10 @@ import textwrap
 
 import pytest
 import torch
+from rel_utils import ROOT
 from torch import nn
 
 from nrd_rsp.checkpoint import CheckpointError, CheckpointMismatchError, SafeCheckpointer
-
-from rel_utils import ROOT
 
 
 class Net(nn.Module):
@@ -73,7 +73,10 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
     assert _tag(tmp_path) == "model_0000001.pth"
     assert not (tmp_path / "model_0000003.pth").exists()
     assert (tmp_path / "model_0000001.pth").read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]  # temporary removed
+    assert sorted(os.listdir(tmp_path)) == [
+        "last_checkpoint",
+        "model_0000001.pth",
+    ]  # temporary removed
 
 
 def test_sigkill_during_save_keeps_previous_checkpoint(tmp_path):
@@ -91,7 +94,9 @@ def test_sigkill_during_save_keeps_previous_checkpoint(tmp_path):
         torch.save = dying_save
         ckpt.save("model_0000003")
     """)
-    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
     files = sorted(os.listdir(tmp_path))
     assert "model_0000003.pth" not in files and _tag(tmp_path) == "model_0000001.pth"
@@ -160,23 +165,39 @@ def test_strict_load_rejects_another_architecture_with_a_table(tmp_path):
     torch.save({"model": Net(width=8).state_dict()}, tmp_path / "other.pth")
     model = Net(width=4, extra=True)
     with pytest.raises(CheckpointMismatchError) as e:
-        SafeCheckpointer(model).resume_or_load(str(tmp_path / "other.pth"), resume=False, strict=True)
+        SafeCheckpointer(model).resume_or_load(
+            str(tmp_path / "other.pth"), resume=False, strict=True
+        )
     msg, table = str(e.value), e.value.table
-    assert "other.pth" in msg and "2 of the model's 6 tensors are missing" in msg and "3 have another shape" in msg
+    assert (
+        "other.pth" in msg
+        and "2 of the model's 6 tensors are missing" in msg
+        and "3 have another shape" in msg
+    )
     lines = table.splitlines()
     assert lines[0].split() == ["problem", "key", "checkpoint", "model"]
     assert any(line.split()[:2] == ["missing", "other.weight"] for line in lines)
-    assert any(line.startswith("shape") and "conv.weight" in line and "(8, 3, 3, 3)" in line
-               and "(4, 3, 3, 3)" in line for line in lines)
+    assert any(
+        line.startswith("shape")
+        and "conv.weight" in line
+        and "(8, 3, 3, 3)" in line
+        and "(4, 3, 3, 3)" in line
+        for line in lines
+    )
 
 
 def test_training_load_accepts_partial_match_but_not_zero_match(tmp_path):
     src = Net(width=4)
     torch.save({"model": src.state_dict()}, tmp_path / "partial.pth")
     model = Net(width=4, extra=True)
-    SafeCheckpointer(model).resume_or_load(str(tmp_path / "partial.pth"), resume=False)  # warnings only
+    SafeCheckpointer(model).resume_or_load(
+        str(tmp_path / "partial.pth"), resume=False
+    )  # warnings only
     assert torch.equal(model.conv.weight, src.conv.weight)
-    torch.save({"model": {"foo.weight": torch.zeros(3), "bar.bias": torch.zeros(2)}}, tmp_path / "alien.pth")
+    torch.save(
+        {"model": {"foo.weight": torch.zeros(3), "bar.bias": torch.zeros(2)}},
+        tmp_path / "alien.pth",
+    )
     with pytest.raises(CheckpointMismatchError, match="none of its 2 tensors fits"):
         SafeCheckpointer(Net()).resume_or_load(str(tmp_path / "alien.pth"), resume=False)
 

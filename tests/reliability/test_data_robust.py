@@ -2,9 +2,10 @@
 one warning, named at test time), the skipped-fraction limit, a mapper bug (not skipped), a
 deterministic resumable sample stream with and without aspect-ratio grouping, and a
 property-based test of both mappers."""
+
+import itertools
 import logging
 import os
-import itertools
 import re
 import traceback
 
@@ -12,30 +13,36 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from detectron2.config import get_cfg
+from detectron2.data import transforms as T
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-
-from detectron2.config import get_cfg
-from detectron2.data import transforms as T
+from rel_utils import ROOT
 
 from nrd_rsp import add_nrd_rsp_config
-from nrd_rsp.data.mappers import CheckedDatasetMapper, PanopticFPNDatasetMapper, SemanticSegDatasetMapper
-from nrd_rsp.data.robust import (
-    BadSampleError, GroupedResumableSampler, ResumableTrainingSampler, apply_augmentations_checked,
-    build_resumable_train_loader,
+from nrd_rsp.data.checked_reading import apply_augmentations_checked
+from nrd_rsp.data.mappers import (
+    CheckedDatasetMapper,
+    PanopticFPNDatasetMapper,
+    SemanticSegDatasetMapper,
 )
+from nrd_rsp.data.resumable_loader import build_resumable_train_loader
+from nrd_rsp.data.resumable_sampling import GroupedResumableSampler, ResumableTrainingSampler
 from nrd_rsp.engine import one_line
-
-from rel_utils import ROOT
+from nrd_rsp.errors import BadSampleError
 
 
 def _semantic_mapper(fmt="RGB", augs=()):
-    return SemanticSegDatasetMapper(is_train=True, augmentations=list(augs), image_format=fmt, ignore_label=255)
+    return SemanticSegDatasetMapper(
+        is_train=True, augmentations=list(augs), image_format=fmt, ignore_label=255
+    )
 
 
 def _panoptic_mapper(fmt="RGB", augs=()):
-    return PanopticFPNDatasetMapper(is_train=True, augmentations=list(augs), image_format=fmt, use_instance_mask=True)
+    return PanopticFPNDatasetMapper(
+        is_train=True, augmentations=list(augs), image_format=fmt, use_instance_mask=True
+    )
 
 
 MAPPERS = {"semantic": _semantic_mapper, "panoptic": _panoptic_mapper}
@@ -69,8 +76,14 @@ def _dict(tmp_path, h=24, w=30, image_mode="RGB", label_shape=None, name="a", an
     lh, lw = label_shape or (h, w)
     label = (np.arange(lh * lw).reshape(lh, lw) % 3).astype(np.uint8)
     _write_label(lbl_path, label)
-    return {"file_name": img_path, "sem_seg_file_name": lbl_path, "height": h, "width": w, "image_id": name,
-            "annotations": list(annotations)}
+    return {
+        "file_name": img_path,
+        "sem_seg_file_name": lbl_path,
+        "height": h,
+        "width": w,
+        "image_id": name,
+        "annotations": list(annotations),
+    }
 
 
 def _expected_rgb(path):
@@ -124,16 +137,24 @@ def _damage(tmp_path, d, how):
     elif how == "image of another size than the dataset says":
         d["height"] += 1
     elif how == "colour label":
-        Image.fromarray(np.random.default_rng(2).integers(0, 255, (24, 30, 3), dtype=np.uint8)).save(
-            d["sem_seg_file_name"])
+        Image.fromarray(
+            np.random.default_rng(2).integers(0, 255, (24, 30, 3), dtype=np.uint8)
+        ).save(d["sem_seg_file_name"])
     elif how == "corrupt label":
         with open(d["sem_seg_file_name"], "wb") as f:
             f.write(b"\x89PNG\r\n\x1a\n" + os.urandom(40))
     return d["sem_seg_file_name"] if "label" in how else d["file_name"]
 
 
-DAMAGES = ["missing image", "garbage image", "truncated jpeg", "label of another size",
-           "image of another size than the dataset says", "colour label", "corrupt label"]
+DAMAGES = [
+    "missing image",
+    "garbage image",
+    "truncated jpeg",
+    "label of another size",
+    "image of another size than the dataset says",
+    "colour label",
+    "corrupt label",
+]
 
 
 @pytest.mark.parametrize("kind", sorted(MAPPERS))
@@ -158,8 +179,10 @@ def _cfg(**opts):
 
 def _dataset(tmp_path, n=10, bad=(3, 7)):
     dicts = [_dict(tmp_path, name=f"s{i}") for i in range(n)]
-    bad_files = [_damage(tmp_path, dicts[i], "garbage image" if j % 2 == 0 else "label of another size")
-                 for j, i in enumerate(bad)]
+    bad_files = [
+        _damage(tmp_path, dicts[i], "garbage image" if j % 2 == 0 else "label of another size")
+        for j, i in enumerate(bad)
+    ]
     return dicts, bad_files
 
 
@@ -170,15 +193,24 @@ def _mapper(cfg):
 
 def test_training_loader_skips_bad_samples_with_one_warning_each(tmp_path, caplog):
     dicts, bad_files = _dataset(tmp_path)
-    cfg = _cfg(**{"INPUT.RESIZE_BASE_SIZE": "(24, 30)", "INPUT.CROP.SIZE": "(16, 16)", "INPUT.SIZE_DIVISIBILITY": "16",
-                  "DATALOADER.MAX_SKIPPED_FRACTION": "0.5", "DATALOADER.SKIP_CHECK_MIN_SAMPLES": "4"})
+    cfg = _cfg(
+        **{
+            "INPUT.RESIZE_BASE_SIZE": "(24, 30)",
+            "INPUT.CROP.SIZE": "(16, 16)",
+            "INPUT.SIZE_DIVISIBILITY": "16",
+            "DATALOADER.MAX_SKIPPED_FRACTION": "0.5",
+            "DATALOADER.SKIP_CHECK_MIN_SAMPLES": "4",
+        }
+    )
     loader = build_resumable_train_loader(cfg, _mapper(cfg), dataset=dicts)
     good = {d["file_name"] for i, d in enumerate(dicts) if i not in (3, 7)}
     with caplog.at_level(logging.WARNING):
         it = iter(loader)
         batches = [next(it) for _ in range(15)]  # 30 samples = 3 epochs
     assert all(len(b) == 2 for b in batches)
-    assert all(s["file_name"] in good and s["image"].shape == (3, 16, 16) for b in batches for s in b)
+    assert all(
+        s["file_name"] in good and s["image"].shape == (3, 16, 16) for b in batches for s in b
+    )
     for f in bad_files:  # one warning per file, although each is drawn 3 times
         assert sum(f in r.getMessage() for r in caplog.records) == 1
     assert loader.num_skipped >= 6 and loader.num_seen == 30 + loader.num_skipped
@@ -187,8 +219,14 @@ def test_training_loader_skips_bad_samples_with_one_warning_each(tmp_path, caplo
 
 def test_too_many_skipped_samples_is_an_error_naming_the_count_and_key(tmp_path):
     dicts, _ = _dataset(tmp_path, n=6, bad=(0, 1, 2))
-    cfg = _cfg(**{"INPUT.RESIZE_BASE_SIZE": "(24, 30)", "INPUT.CROP.SIZE": "(16, 16)",
-                  "DATALOADER.MAX_SKIPPED_FRACTION": "0.1", "DATALOADER.SKIP_CHECK_MIN_SAMPLES": "8"})
+    cfg = _cfg(
+        **{
+            "INPUT.RESIZE_BASE_SIZE": "(24, 30)",
+            "INPUT.CROP.SIZE": "(16, 16)",
+            "DATALOADER.MAX_SKIPPED_FRACTION": "0.1",
+            "DATALOADER.SKIP_CHECK_MIN_SAMPLES": "8",
+        }
+    )
     loader = build_resumable_train_loader(cfg, _mapper(cfg), dataset=dicts)
     it = iter(loader)
     while loader.fatal_error is None:
@@ -210,7 +248,13 @@ def _stream(loader, n):
 
 def test_sample_stream_is_a_pure_function_of_position(tmp_path):
     dicts, _ = _dataset(tmp_path, n=7, bad=(2,))
-    cfg = _cfg(**{"INPUT.RESIZE_BASE_SIZE": "(24, 30)", "INPUT.CROP.SIZE": "(16, 16)", "INPUT.SIZE_DIVISIBILITY": "16"})
+    cfg = _cfg(
+        **{
+            "INPUT.RESIZE_BASE_SIZE": "(24, 30)",
+            "INPUT.CROP.SIZE": "(16, 16)",
+            "INPUT.SIZE_DIVISIBILITY": "16",
+        }
+    )
     full = _stream(build_resumable_train_loader(cfg, _mapper(cfg), dataset=dicts), 9)
     # Other RNG consumers in between do not matter; two workers give the same batches.
     np.random.rand(5), torch.rand(3)
@@ -249,8 +293,13 @@ class _BuggyMapper:
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_mapper_bug_stops_training_with_its_traceback(tmp_path, workers):
     dicts, _ = _dataset(tmp_path, bad=())
-    cfg = _cfg(**{"INPUT.RESIZE_BASE_SIZE": "(24, 30)", "INPUT.CROP.SIZE": "(16, 16)",
-                  "DATALOADER.NUM_WORKERS": str(workers)})
+    cfg = _cfg(
+        **{
+            "INPUT.RESIZE_BASE_SIZE": "(24, 30)",
+            "INPUT.CROP.SIZE": "(16, 16)",
+            "DATALOADER.NUM_WORKERS": str(workers),
+        }
+    )
     loader = build_resumable_train_loader(cfg, _BuggyMapper(cfg), dataset=dicts)
     it = iter(loader)
     with pytest.raises(KeyError) as e:
@@ -280,15 +329,26 @@ def test_a_resize_to_nothing_is_a_bad_sample_naming_the_file():
 # Mixed orientations: every third image is portrait. The fake mapper reads no file but draws
 # from the global RNGs, which ResumableMapDataset seeds from (seed, position).
 def _oriented_dicts(n=13):
-    return [{"file_name": f"o{i}.png", "image_id": i, "height": 40 if i % 3 else 60,
-             "width": 60 if i % 3 else 40} for i in range(n)]
+    return [
+        {
+            "file_name": f"o{i}.png",
+            "image_id": i,
+            "height": 40 if i % 3 else 60,
+            "width": 60 if i % 3 else 40,
+        }
+        for i in range(n)
+    ]
 
 
 def _oriented_mapper(d):
     if d["file_name"] == "o4.png":
         raise BadSampleError("cannot read image 'o4.png'", "o4.png")
-    return {"file_name": d["file_name"], "width": d["width"], "height": d["height"],
-            "draw": (float(torch.rand(1)), float(np.random.rand()))}
+    return {
+        "file_name": d["file_name"],
+        "width": d["width"],
+        "height": d["height"],
+        "draw": (float(torch.rand(1)), float(np.random.rand())),
+    }
 
 
 def _oriented_stream(cfg, n, start_iter=0, seed=3):
@@ -311,7 +371,7 @@ def test_grouped_batches_are_a_pure_function_of_seed_and_iteration():
     assert _oriented_stream(cfg, 12) == full
     cfg.DATALOADER.NUM_WORKERS = 0
     for start in (1, 4, 7):
-        assert _oriented_stream(cfg, 4, start_iter=start) == full[start:start + 4], start
+        assert _oriented_stream(cfg, 4, start_iter=start) == full[start : start + 4], start
     assert _oriented_stream(cfg, 3, seed=4) != full[:3]
     # They are the batches of Detectron2's AspectRatioGroupedDataset (DETERMINISTIC off) when
     # the samples arrive in stream order (no workers) ...
@@ -345,7 +405,9 @@ def test_evaluation_names_a_corrupt_test_image(tmp_path):
     # Through a test loader with a worker process: the re-raised error still names the file.
     from detectron2.data import build_detection_test_loader
 
-    loader = build_detection_test_loader([d], mapper=CheckedDatasetMapper(cfg, False), num_workers=1)
+    loader = build_detection_test_loader(
+        [d], mapper=CheckedDatasetMapper(cfg, False), num_workers=1
+    )
     with pytest.raises(BadSampleError) as e:
         list(loader)
     line = one_line(e.value)
@@ -365,31 +427,61 @@ def _annotations(layout, h, w, rng):
         x0 = 0 if layout == "border" else int(rng.integers(0, max(1, w - bw)))
         y0 = h - bh if layout == "border" else int(rng.integers(0, max(1, h - bh)))
         poly = [x0, y0, x0 + bw, y0, x0 + bw, y0 + bh, x0, y0 + bh]
-        anns.append({"bbox": [x0, y0, bw, bh], "bbox_mode": 1, "category_id": int(rng.integers(0, 3)),
-                     "segmentation": [[float(v) for v in poly]], "iscrowd": 0})
+        anns.append(
+            {
+                "bbox": [x0, y0, bw, bh],
+                "bbox_mode": 1,
+                "category_id": int(rng.integers(0, 3)),
+                "segmentation": [[float(v) for v in poly]],
+                "iscrowd": 0,
+            }
+        )
     return anns
 
 
-@settings(max_examples=25, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25,
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(
-    h=st.integers(1, 160), w=st.integers(1, 640), mode=st.sampled_from(["L", "RGB", "RGBA", "P"]),
-    layout=st.sampled_from(["none", "one", "many", "border"]), corrupt=st.sampled_from([None, None, None] + DAMAGES),
+    h=st.integers(1, 160),
+    w=st.integers(1, 640),
+    mode=st.sampled_from(["L", "RGB", "RGBA", "P"]),
+    layout=st.sampled_from(["none", "one", "many", "border"]),
+    corrupt=st.sampled_from([None, None, None] + DAMAGES),
     seed=st.integers(0, 2**16),
 )
 @example(h=1, w=600, mode="RGB", layout="one", corrupt=None, seed=1)  # resized to 0 rows
 def test_mappers_map_or_skip_any_sample(tmp_path, h, w, mode, layout, corrupt, seed):
     rng = np.random.default_rng(seed)
-    d = _dict(tmp_path, h=h, w=w, image_mode=mode, name=f"p{seed}", annotations=_annotations(layout, h, w, rng))
+    d = _dict(
+        tmp_path,
+        h=h,
+        w=w,
+        image_mode=mode,
+        name=f"p{seed}",
+        annotations=_annotations(layout, h, w, rng),
+    )
     if corrupt:
         _damage(tmp_path, d, corrupt)
-    cfg = _cfg(**{"INPUT.RESIZE_BASE_SIZE": "(64, 80)", "INPUT.CROP.SIZE": "(48, 48)", "INPUT.SIZE_DIVISIBILITY": "32"})
+    cfg = _cfg(
+        **{
+            "INPUT.RESIZE_BASE_SIZE": "(64, 80)",
+            "INPUT.CROP.SIZE": "(48, 48)",
+            "INPUT.SIZE_DIVISIBILITY": "32",
+        }
+    )
     pcfg = get_cfg()
     add_nrd_rsp_config(pcfg)
     pcfg.merge_from_file(os.path.join(ROOT, "configs/Toy/Base-Toy-Panoptic-FPN.yaml"))
     pcfg.merge_from_list(["INPUT.MIN_SIZE_TRAIN", "(48, 64)", "INPUT.MAX_SIZE_TRAIN", "128"])
     for mapper in (SemanticSegDatasetMapper(cfg, True), PanopticFPNDatasetMapper(pcfg, True)):
-        loader = build_resumable_train_loader(cfg, mapper, dataset=[d, _dict(tmp_path, name=f"good{seed}")])
+        loader = build_resumable_train_loader(
+            cfg, mapper, dataset=[d, _dict(tmp_path, name=f"good{seed}")]
+        )
         batch = next(iter(loader))
         for s in batch:
             img, sem = s["image"], s["sem_seg"]
@@ -400,7 +492,9 @@ def test_mappers_map_or_skip_any_sample(tmp_path, h, w, mode, layout, corrupt, s
                 boxes = inst.gt_boxes.tensor
                 assert len(inst.gt_classes) == len(boxes)
                 assert len(inst.gt_masks) == len(boxes) if inst.has("gt_masks") else len(boxes) == 0
-                assert (boxes[:, 0::2] <= img.shape[2]).all() and (boxes[:, 1::2] <= img.shape[1]).all()
+                assert (boxes[:, 0::2] <= img.shape[2]).all() and (
+                    boxes[:, 1::2] <= img.shape[1]
+                ).all()
         served_bad = any(s["file_name"] == d["file_name"] for s in batch)
         if corrupt:
             assert not served_bad and d["file_name"] in loader.skipped_files
@@ -408,5 +502,7 @@ def test_mappers_map_or_skip_any_sample(tmp_path, h, w, mode, layout, corrupt, s
             assert loader.num_skipped == 0, loader.skipped_files
         else:  # ... but resizing a 1 x 600 image may leave no pixel row: a data fault, skipped
             assert set(loader.skipped_files) <= {d["file_name"]}
-            assert all("too elongated for the training resize" in r for r in loader.skipped_files.values())
+            assert all(
+                "too elongated for the training resize" in r for r in loader.skipped_files.values()
+            )
             assert (h, w) != (1, 600) or d["file_name"] in loader.skipped_files

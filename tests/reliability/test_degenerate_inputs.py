@@ -1,19 +1,22 @@
 """Degenerate inputs train and predict for every model family: an image without things, tiny
 images (smaller than one crop and one stride-32 cell) and an extreme aspect ratio. One training
 step (batch of 2) and one inference each, outputs at exactly the input size."""
+
 import os
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from detectron2.utils.events import EventStorage
-
-from nrd_rsp.data.mappers import PanopticFPNDatasetMapper, SemanticSegDatasetMapper, build_test_mapper
-from nrd_rsp.engine import Trainer, setup_cfg
-
+from PIL import Image
 from rel_utils import ROOT
+
+from nrd_rsp.data.mappers import (
+    PanopticFPNDatasetMapper,
+    SemanticSegDatasetMapper,
+    build_test_mapper,
+)
+from nrd_rsp.engine import Trainer, setup_cfg
 
 MODELS = [
     "semantic_fpn_R_18_toy",  # Semantic FPN
@@ -37,14 +40,37 @@ def _write_sample(tmp_path, name, h, w, n, panoptic):
         x0, x1 = i * w // n, min(w, i * w // n + max(4, w // 3))
         y0, y1 = 0, max(4, h // 2)
         label[y0:y1, x0:x1] = 0 if panoptic else 5 + i % 3
-        anns.append({"bbox": [x0, y0, x1 - x0, y1 - y0], "bbox_mode": 1, "category_id": i % 3, "iscrowd": 0,
-                     "segmentation": [[float(x0), float(y0), float(x1), float(y0), float(x1), float(y1),
-                                       float(x0), float(y1)]]})
+        anns.append(
+            {
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "bbox_mode": 1,
+                "category_id": i % 3,
+                "iscrowd": 0,
+                "segmentation": [
+                    [
+                        float(x0),
+                        float(y0),
+                        float(x1),
+                        float(y0),
+                        float(x1),
+                        float(y1),
+                        float(x0),
+                        float(y1),
+                    ]
+                ],
+            }
+        )
     stem = name.replace(" ", "_")
     Image.fromarray(img).save(tmp_path / f"{stem}.png")
     Image.fromarray(label).save(tmp_path / f"{stem}_label.png")
-    return {"file_name": str(tmp_path / f"{stem}.png"), "sem_seg_file_name": str(tmp_path / f"{stem}_label.png"),
-            "height": h, "width": w, "image_id": stem, "annotations": anns}
+    return {
+        "file_name": str(tmp_path / f"{stem}.png"),
+        "sem_seg_file_name": str(tmp_path / f"{stem}_label.png"),
+        "height": h,
+        "width": w,
+        "image_id": stem,
+        "annotations": anns,
+    }
 
 
 def _raw(d, panoptic_mapper=None):
@@ -62,8 +88,13 @@ def test_degenerate_inputs_train_and_predict(tmp_path, config):
     panoptic = cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor"
     model = Trainer.build_model(cfg)
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    raw_mapper = (PanopticFPNDatasetMapper(is_train=True, augmentations=[], image_format="RGB", use_instance_mask=True)
-                  if panoptic else None)
+    raw_mapper = (
+        PanopticFPNDatasetMapper(
+            is_train=True, augmentations=[], image_format="RGB", use_instance_mask=True
+        )
+        if panoptic
+        else None
+    )
     train_mapper = (PanopticFPNDatasetMapper if panoptic else SemanticSegDatasetMapper)(cfg, True)
     test_mapper = build_test_mapper(cfg)
     for name, h, w, n in CASES:
@@ -72,7 +103,8 @@ def test_degenerate_inputs_train_and_predict(tmp_path, config):
         mapped = train_mapper(d)
         assert mapped["image"].shape[1:] == mapped["sem_seg"].shape
         assert test_mapper(d)["image"].shape[0] == 3
-        # ... and the model trains on it, unresized (batch of 2: BatchNorm needs > 1 value per channel).
+        # ... and the model trains on it, unresized (batch of 2: BatchNorm needs > 1 value per
+        # channel).
         batch = [_raw(d, raw_mapper), mapped]
         assert tuple(batch[0]["image"].shape[1:]) == (h, w)
         if panoptic:
@@ -83,7 +115,9 @@ def test_degenerate_inputs_train_and_predict(tmp_path, config):
         total = sum(losses.values())
         assert torch.isfinite(total), (name, losses)
         total.backward()
-        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), name
+        assert all(
+            torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None
+        ), name
         model.zero_grad()
         # Inference on the raw image: outputs at exactly the requested size.
         model.eval()

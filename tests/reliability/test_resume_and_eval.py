@@ -4,6 +4,7 @@ and refuses to restart when none is readable, and evaluation gives the same metr
 processes and with any number of data loader workers. In process: an interrupted run with
 aspect-ratio grouping over portrait and landscape images resumes to the same batches and
 losses."""
+
 import itertools
 import json
 import os
@@ -13,25 +14,39 @@ import time
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
+from PIL import Image
+from rel_utils import (
+    ROOT,
+    SEMANTIC_CFG,
+    SMALL_SEMANTIC_OPTS,
+    check_ok,
+    error_lines,
+    popen,
+    read_losses,
+    run,
+)
 
 from nrd_rsp.engine import Trainer, setup_cfg
-
-from rel_utils import (
-    ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, check_ok, error_lines, popen, read_losses, run,
-)
 
 MAX_ITER = 6
 
 
 def _opts(out, workers, test=True):
-    return [*SMALL_SEMANTIC_OPTS, "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", str(MAX_ITER),
-            "SOLVER.CHECKPOINT_PERIOD", "2", "DATALOADER.NUM_WORKERS", str(workers),
-            *([] if test else ["DATASETS.TEST", "()"])]
+    return [
+        *SMALL_SEMANTIC_OPTS,
+        "OUTPUT_DIR",
+        str(out),
+        "SOLVER.MAX_ITER",
+        str(MAX_ITER),
+        "SOLVER.CHECKPOINT_PERIOD",
+        "2",
+        "DATALOADER.NUM_WORKERS",
+        str(workers),
+        *([] if test else ["DATASETS.TEST", "()"]),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +61,9 @@ def reference(tmp_path_factory):
 def killed_and_resumed(tmp_path_factory):
     """A run without workers, SIGKILLed right after its first checkpoint, then resumed."""
     out = tmp_path_factory.mktemp("killed")
-    proc = popen(["--config-file", SEMANTIC_CFG, *_opts(out, workers=0, test=False)], out / "killed.log")
+    proc = popen(
+        ["--config-file", SEMANTIC_CFG, *_opts(out, workers=0, test=False)], out / "killed.log"
+    )
     deadline = time.time() + 500
     while not (out / "last_checkpoint").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -62,12 +79,20 @@ def killed_and_resumed(tmp_path_factory):
 
 def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(reference, killed_and_resumed):
     out, killed_at, log = killed_and_resumed
-    saved = [int(line.split("Starting training from iteration ")[1]) for line in log.splitlines()
-             if "Starting training from iteration" in line]
-    assert len(saved) == 1 and 2 <= saved[0] <= killed_at + 1  # resumed after the last saved checkpoint
+    saved = [
+        int(line.split("Starting training from iteration ")[1])
+        for line in log.splitlines()
+        if "Starting training from iteration" in line
+    ]
+    assert (
+        len(saved) == 1 and 2 <= saved[0] <= killed_at + 1
+    )  # resumed after the last saved checkpoint
     # The final iteration count is MAX_ITER.
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
-    assert torch.load(out / "model_final.pth", weights_only=False)["trainer"]["iteration"] == MAX_ITER - 1
+    assert (
+        torch.load(out / "model_final.pth", weights_only=False)["trainer"]["iteration"]
+        == MAX_ITER - 1
+    )
     ref, got = read_losses(reference), read_losses(out)
     assert sorted(ref) == sorted(got) == list(range(MAX_ITER))
     for it in range(MAX_ITER):
@@ -94,13 +119,28 @@ def test_resume_falls_back_from_corrupt_checkpoint_and_never_restarts_silently(k
     r = run(["--config-file", SEMANTIC_CFG, "--resume", *_opts(out, workers=0, test=False)])
     assert r.returncode == 2
     lines = error_lines(r.stderr)
-    assert lines[-1].startswith("ERROR: --resume: no readable checkpoint in") and "model_0000005.pth" in lines[-1]
+    assert (
+        lines[-1].startswith("ERROR: --resume: no readable checkpoint in")
+        and "model_0000005.pth" in lines[-1]
+    )
     assert "Starting training" not in r.stdout + r.stderr and "Traceback" not in r.stderr
 
 
 def _eval(out, weights, flags, opts):
-    r = run(["--config-file", SEMANTIC_CFG, "--eval-only", *flags, *SMALL_SEMANTIC_OPTS, "OUTPUT_DIR", str(out),
-             "MODEL.WEIGHTS", str(weights), *opts])
+    r = run(
+        [
+            "--config-file",
+            SEMANTIC_CFG,
+            "--eval-only",
+            *flags,
+            *SMALL_SEMANTIC_OPTS,
+            "OUTPUT_DIR",
+            str(out),
+            "MODEL.WEIGHTS",
+            str(weights),
+            *opts,
+        ]
+    )
     check_ok(r)
     with open(out / "eval_results.json") as f:
         return json.load(f)
@@ -109,10 +149,16 @@ def _eval(out, weights, flags, opts):
 def test_evaluation_is_identical_across_processes_and_workers(reference, tmp_path):
     with open(reference / "eval_results.json") as f:
         during_training = json.load(f)  # 1 process, 2 workers
-    one = _eval(tmp_path / "one", reference / "model_final.pth", [], ["DATALOADER.NUM_WORKERS", "0"])
+    one = _eval(
+        tmp_path / "one", reference / "model_final.pth", [], ["DATALOADER.NUM_WORKERS", "0"]
+    )
     # (Data loader workers of launched processes are spawned, i.e. slow to start: none here.)
-    two = _eval(tmp_path / "two", reference / "model_final.pth", ["--num-gpus", "2", "--dist-url", "auto"],
-                ["DATALOADER.NUM_WORKERS", "0"])
+    two = _eval(
+        tmp_path / "two",
+        reference / "model_final.pth",
+        ["--num-gpus", "2", "--dist-url", "auto"],
+        ["DATALOADER.NUM_WORKERS", "0"],
+    )
     sem = during_training["sem_seg"]
     assert 0 < sem["mIoU"] < 100 and len(sem) > 10
     for res in (one, two):
@@ -138,8 +184,15 @@ def mixed_orientation_dataset(tmp_path_factory):
         h, w = (64, 48) if i % 3 == 0 else (48, 64)
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / f"{i}.png")
         Image.fromarray(rng.integers(0, 8, (h, w), dtype=np.uint8)).save(root / f"{i}_label.png")
-        dicts.append({"file_name": str(root / f"{i}.png"), "height": h, "width": w, "image_id": i,
-                      "sem_seg_file_name": str(root / f"{i}_label.png")})
+        dicts.append(
+            {
+                "file_name": str(root / f"{i}.png"),
+                "height": h,
+                "width": w,
+                "image_id": i,
+                "sem_seg_file_name": str(root / f"{i}_label.png"),
+            }
+        )
     DatasetCatalog.register(MIXED, lambda: [dict(d) for d in dicts])
     MetadataCatalog.get(MIXED).set(stuff_classes=[str(c) for c in range(8)], ignore_label=255)
     yield
@@ -166,19 +219,39 @@ def _grouped_trainer(out, workers, resume=False):
     """A semantic toy model on the mixed-orientation images through Detectron2's DatasetMapper
     (resize keeping the orientation, flip), 2 images per batch, grouped by orientation. Records
     each batch's image sizes (H, W) in ``trainer.batch_sizes``."""
-    cfg = setup_cfg(os.path.join(ROOT, SEMANTIC_CFG), [
-        *SMALL_SEMANTIC_OPTS, "OUTPUT_DIR", str(out), "DATASETS.TRAIN", f"('{MIXED}',)",
-        "DATASETS.TEST", "()", "INPUT.DATASET_MAPPER_NAME", "", "INPUT.MIN_SIZE_TRAIN", "(48,)",
-        "INPUT.MAX_SIZE_TRAIN", "64",
-        "DATALOADER.ASPECT_RATIO_GROUPING", "True", "DATALOADER.NUM_WORKERS", str(workers),
-        "SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.CHECKPOINT_PERIOD", "3",
-    ])
+    cfg = setup_cfg(
+        os.path.join(ROOT, SEMANTIC_CFG),
+        [
+            *SMALL_SEMANTIC_OPTS,
+            "OUTPUT_DIR",
+            str(out),
+            "DATASETS.TRAIN",
+            f"('{MIXED}',)",
+            "DATASETS.TEST",
+            "()",
+            "INPUT.DATASET_MAPPER_NAME",
+            "",
+            "INPUT.MIN_SIZE_TRAIN",
+            "(48,)",
+            "INPUT.MAX_SIZE_TRAIN",
+            "64",
+            "DATALOADER.ASPECT_RATIO_GROUPING",
+            "True",
+            "DATALOADER.NUM_WORKERS",
+            str(workers),
+            "SOLVER.MAX_ITER",
+            str(MAX_ITER),
+            "SOLVER.CHECKPOINT_PERIOD",
+            "3",
+        ],
+    )
     seed_all_rng(cfg.SEED)  # as train_net's default_setup: the same initial weights
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=resume)
     trainer.batch_sizes = []
     trainer.model.register_forward_pre_hook(
-        lambda _, args: trainer.batch_sizes.append([tuple(x["image"].shape[1:]) for x in args[0]]))
+        lambda _, args: trainer.batch_sizes.append([tuple(x["image"].shape[1:]) for x in args[0]])
+    )
     return trainer
 
 
@@ -187,7 +260,8 @@ def _orientations(batch_sizes):
 
 
 def test_resume_with_aspect_ratio_grouping_reproduces_the_uninterrupted_losses(
-        mixed_orientation_dataset, tmp_path):
+    mixed_orientation_dataset, tmp_path
+):
     reference = _grouped_trainer(tmp_path / "reference", workers=2)
     reference.train()
     interrupted = _grouped_trainer(tmp_path / "run", workers=0)

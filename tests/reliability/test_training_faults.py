@@ -1,23 +1,33 @@
 """Faults during training: a non-finite loss stops every rank before the optimizer step, bad
 training images are skipped (one warning each, counted), too many of them stop training."""
+
 import os
 import shutil
 
 import pytest
 import torch
+from rel_utils import ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, check_ok, error_lines, run
 
 from nrd_rsp.checkpoint import SafeCheckpointer
-from nrd_rsp.data.datasets import ToyParams, toy_dataset_dir
-from nrd_rsp.data.robust import TooManyBadSamplesError
+from nrd_rsp.data.toy.spec import ToyParams, toy_dataset_dir
 from nrd_rsp.engine import NAN_INJECTION_ENV, NonFiniteLossError, Trainer, setup_cfg
-
-from rel_utils import ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, check_ok, error_lines, run
+from nrd_rsp.errors import TooManyBadSamplesError
 
 
 def _trainer(out, *opts):
-    cfg = setup_cfg(os.path.join(ROOT, SEMANTIC_CFG),
-                    [*SMALL_SEMANTIC_OPTS, "OUTPUT_DIR", str(out), "DATALOADER.NUM_WORKERS", "0",
-                     "DATASETS.TEST", "()", *opts])
+    cfg = setup_cfg(
+        os.path.join(ROOT, SEMANTIC_CFG),
+        [
+            *SMALL_SEMANTIC_OPTS,
+            "OUTPUT_DIR",
+            str(out),
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "DATASETS.TEST",
+            "()",
+            *opts,
+        ],
+    )
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     return trainer
@@ -30,13 +40,17 @@ def test_detectron2_divergence_error_becomes_the_non_finite_error(tmp_path):
 
     def diverged(module, inputs, output):
         if trainer.iter == 1:
-            raise FloatingPointError("Predicted boxes or scores contain Inf/NaN. Training has diverged.")
+            raise FloatingPointError(
+                "Predicted boxes or scores contain Inf/NaN. Training has diverged."
+            )
 
     trainer.model.register_forward_hook(diverged)
     with pytest.raises(NonFiniteLossError) as e:
         trainer.train()
     msg = str(e.value)
-    assert msg.startswith("Training diverged at iteration 1: Predicted boxes or scores contain Inf/NaN.")
+    assert msg.startswith(
+        "Training diverged at iteration 1: Predicted boxes or scores contain Inf/NaN."
+    )
     assert "SOLVER.BASE_LR" in msg and isinstance(e.value.__cause__, FloatingPointError)
 
 
@@ -52,9 +66,14 @@ def test_nan_loss_stops_before_the_optimizer_step(tmp_path, monkeypatch):
     # iteration 1), which stays loadable. (BatchNorm statistics did move in the forward pass.)
     model = trainer.model
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
-    assert not (tmp_path / "model_0000003.pth").exists() and not (tmp_path / "model_final.pth").exists()
+    assert (
+        not (tmp_path / "model_0000003.pth").exists()
+        and not (tmp_path / "model_final.pth").exists()
+    )
     fresh = Trainer.build_model(trainer.cfg)
-    SafeCheckpointer(fresh).resume_or_load(str(tmp_path / "model_0000001.pth"), resume=False, strict=True)
+    SafeCheckpointer(fresh).resume_or_load(
+        str(tmp_path / "model_0000001.pth"), resume=False, strict=True
+    )
     fresh_params = dict(fresh.named_parameters())
     for k, p in model.named_parameters():
         assert torch.isfinite(p).all() and torch.equal(p, fresh_params[k]), k
@@ -63,13 +82,32 @@ def test_nan_loss_stops_before_the_optimizer_step(tmp_path, monkeypatch):
 def test_nan_on_one_rank_stops_all_ranks(tmp_path):
     # Rank 1 alone diverges at iteration 1: both processes stop (no hang in a collective), the
     # error is printed once, and the exit status is 1.
-    r = run(["--config-file", SEMANTIC_CFG, "--num-gpus", "2", "--dist-url", "auto", *SMALL_SEMANTIC_OPTS,
-             "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "3", "DATALOADER.NUM_WORKERS", "0",
-             "DATASETS.TEST", "()"], env={NAN_INJECTION_ENV: "1@1"}, timeout=300)
+    r = run(
+        [
+            "--config-file",
+            SEMANTIC_CFG,
+            "--num-gpus",
+            "2",
+            "--dist-url",
+            "auto",
+            *SMALL_SEMANTIC_OPTS,
+            "OUTPUT_DIR",
+            str(tmp_path),
+            "SOLVER.MAX_ITER",
+            "3",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "DATASETS.TEST",
+            "()",
+        ],
+        env={NAN_INJECTION_ENV: "1@1"},
+        timeout=300,
+    )
     assert r.returncode == 1, r.stderr[-4000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("ERROR:")]
     assert errors == [errors[0]] and errors[0].startswith(
-        "ERROR: Non-finite loss at iteration 1: rank 1: loss_sem_seg=nan."), r.stderr[-3000:]
+        "ERROR: Non-finite loss at iteration 1: rank 1: loss_sem_seg=nan."
+    ), r.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +132,26 @@ def corrupt_toy_root(tmp_path_factory):
 def test_bad_training_image_is_skipped_and_counted(tmp_path, corrupt_toy_root):
     root, bad = corrupt_toy_root
     # 2 iterations x 8 images = one epoch of the 16 images: the corrupt one is drawn exactly once.
-    r = run(["--config-file", SEMANTIC_CFG, *SMALL_SEMANTIC_OPTS, "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "2",
-             "SOLVER.IMS_PER_BATCH", "8", "SOLVER.CHECKPOINT_PERIOD", "100", "DATALOADER.NUM_WORKERS", "2",
-             "DATASETS.TEST", "()"], env={"DETECTRON2_DATASETS": root})
+    r = run(
+        [
+            "--config-file",
+            SEMANTIC_CFG,
+            *SMALL_SEMANTIC_OPTS,
+            "OUTPUT_DIR",
+            str(tmp_path),
+            "SOLVER.MAX_ITER",
+            "2",
+            "SOLVER.IMS_PER_BATCH",
+            "8",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "100",
+            "DATALOADER.NUM_WORKERS",
+            "2",
+            "DATASETS.TEST",
+            "()",
+        ],
+        env={"DETECTRON2_DATASETS": root},
+    )
     check_ok(r)
     log = r.stdout + r.stderr
     warnings = [line for line in log.splitlines() if "Skipping a bad training sample" in line]
@@ -108,10 +163,23 @@ def test_bad_training_image_is_skipped_and_counted(tmp_path, corrupt_toy_root):
 def test_too_many_bad_samples_stop_training(tmp_path, corrupt_toy_root, monkeypatch):
     root, bad = corrupt_toy_root
     monkeypatch.setenv("DETECTRON2_DATASETS", root)
-    trainer = _trainer(tmp_path, "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "8",
-                       "DATALOADER.MAX_SKIPPED_FRACTION", "0.01", "DATALOADER.SKIP_CHECK_MIN_SAMPLES", "8")
+    trainer = _trainer(
+        tmp_path,
+        "SOLVER.MAX_ITER",
+        "2",
+        "SOLVER.IMS_PER_BATCH",
+        "8",
+        "DATALOADER.MAX_SKIPPED_FRACTION",
+        "0.01",
+        "DATALOADER.SKIP_CHECK_MIN_SAMPLES",
+        "8",
+    )
     with pytest.raises(TooManyBadSamplesError) as e:
         trainer.train()
     msg = str(e.value)
-    assert "1 of the " in msg and "DATALOADER.MAX_SKIPPED_FRACTION 0.01" in msg and os.path.basename(bad) in msg
+    assert (
+        "1 of the " in msg
+        and "DATALOADER.MAX_SKIPPED_FRACTION 0.01" in msg
+        and os.path.basename(bad) in msg
+    )
     assert error_lines(msg) == [msg]  # one line

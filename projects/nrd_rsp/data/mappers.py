@@ -8,12 +8,12 @@
   annotations, the Panoptic FPN format) with optional photometric distortion.
 * ``CheckedDatasetMapper``: Detectron2's ``DatasetMapper`` with checked reading; the test mapper.
 
-All of them read and augment through ``nrd_rsp.data.robust``: an unreadable/corrupt image or
-label, an image whose size differs from the dataset dict's, a label whose size differs from its
-image, or an image so elongated that a resize would leave it no pixel row or column raises
-``BadSampleError`` naming the file (skipped in training by ``ResumableMapDataset``). Grayscale,
-RGBA and palette images are converted by PIL to ``INPUT.FORMAT`` (alpha dropped, palette looked
-up); palette label PNGs give their indices.
+All of them read and augment through ``nrd_rsp.data.checked_reading``: an unreadable/corrupt
+image or label, an image whose size differs from the dataset dict's, a label whose size differs
+from its image, or an image so elongated that a resize would leave it no pixel row or column
+raises ``BadSampleError`` naming the file (skipped in training by ``ResumableMapDataset``).
+Grayscale, RGBA and palette images are converted by PIL to ``INPUT.FORMAT`` (alpha dropped,
+palette looked up); palette label PNGs give their indices.
 
 ``build_train_mapper(cfg)`` picks one from ``INPUT.DATASET_MAPPER_NAME``.
 
@@ -30,16 +30,15 @@ from typing import Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
-from PIL import Image
-from torch.nn import functional as F
-
 from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from PIL import Image
+from torch.nn import functional as F
 
-from .robust import (
-    BadSampleError,
+from ..errors import BadSampleError
+from .checked_reading import (
     apply_augmentations_checked,
     check_image_size_or_skip,
     read_image_checked,

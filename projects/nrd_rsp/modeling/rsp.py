@@ -11,17 +11,17 @@ Segmentation". No public code exists; docs/RSP.md is our specification and lists
 * :class:`RSPHead`: RSPs stacked top-down over the FPN levels, P5 -> P4 -> P3 -> P2 (Eq. 5).
 * :class:`RSPSemSegHead`: RSPHead + Semantic-FPN decoder, registered in ``SEM_SEG_HEADS_REGISTRY``.
 """
+
 from typing import Dict, List, Optional
 
 import fvcore.nn.weight_init as weight_init
 import torch
-from torch import nn
-from torch.nn import functional as F
-
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
+from torch import nn
+from torch.nn import functional as F
 
 __all__ = ["RSE", "RSP", "RSPHead", "RSPSemSegHead"]
 
@@ -85,7 +85,9 @@ class RSE(nn.Module):
         """
         super().__init__()
         if channels % num_heads:
-            raise ValueError(f"MODEL.RSP.CHANNELS {channels} is not divisible by MODEL.RSP.NUM_HEADS {num_heads}")
+            raise ValueError(
+                f"MODEL.RSP.CHANNELS {channels} is not divisible by MODEL.RSP.NUM_HEADS {num_heads}"
+            )
         if window_size < 1 or window_size % 2 == 0:
             raise ValueError(f"MODEL.RSP.WINDOW_SIZE must be odd and positive, got {window_size}")
         self.channels = channels
@@ -234,11 +236,15 @@ class RSPHead(nn.Module):
         in_features = sorted(in_features, key=lambda f: input_shape[f].stride)
         strides = [input_shape[f].stride for f in in_features]
         if len(in_features) < 2 or any(b != 2 * a for a, b in zip(strides, strides[1:])):
-            raise ValueError(f"MODEL.RSP.IN_FEATURES needs >= 2 levels with strides doubling, got {in_features}")
+            raise ValueError(
+                f"MODEL.RSP.IN_FEATURES needs >= 2 levels with strides doubling, got {in_features}"
+            )
         if num_stages is None:
             num_stages = len(in_features) - 1
         if not 1 <= num_stages <= len(in_features) - 1:
-            raise ValueError(f"MODEL.RSP.NUM_STAGES {num_stages} does not fit {len(in_features)} levels")
+            raise ValueError(
+                f"MODEL.RSP.NUM_STAGES {num_stages} does not fit {len(in_features)} levels"
+            )
         self.input_shape = dict(input_shape)
         self.in_features = in_features
         # (fine, coarse) pairs in execution order, coarsest first.
@@ -299,7 +305,7 @@ class RSPSemSegHead(SemSegFPNHead):
     """Semantic head: :class:`RSPHead` on the FPN levels, then Detectron2's Semantic-FPN
     decoder on the refined levels (docs/RSP.md, Sec. "Semantic head").
 
-    ``MODEL.RSP.SEM_SEG_FUSION``:
+    ``MODEL.SEM_SEG_HEAD.RSP_FUSION``:
       * ``"p2"``: 3x3 conv + 1x1 classifier on P2' alone (stride 4);
       * ``"sum"``: every level of ``MODEL.SEM_SEG_HEAD.IN_FEATURES`` is brought to stride 4 by
         conv + 2x bilinear upsampling steps and summed, as in :class:`SemSegFPNHead`.
@@ -323,12 +329,12 @@ class RSPSemSegHead(SemSegFPNHead):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         rsp = RSPHead(cfg, input_shape)
         ret = super().from_config(cfg, rsp.output_shape())
-        fusion = cfg.MODEL.RSP.SEM_SEG_FUSION
+        fusion = cfg.MODEL.SEM_SEG_HEAD.RSP_FUSION
         if fusion == "p2":
             finest = rsp.in_features[0]
             ret["input_shape"] = {finest: rsp.output_shape()[finest]}
         elif fusion != "sum":
-            raise ValueError(f"MODEL.RSP.SEM_SEG_FUSION must be 'p2' or 'sum', got {fusion!r}")
+            raise ValueError(f"MODEL.SEM_SEG_HEAD.RSP_FUSION must be 'p2' or 'sum', got {fusion!r}")
         ret["rsp"] = rsp
         return ret
 

@@ -9,17 +9,17 @@ augmented. Instances come from one plain pass at the test size, and the panoptic
 them with the averaged semantic prediction by Panoptic FPN's own rule
 (``combine_semantic_and_instance_outputs`` with the model's ``MODEL.PANOPTIC_FPN.COMBINE`` keys).
 """
+
 import copy
 
 import torch
-from torch import nn
-
 from detectron2.data.detection_utils import read_image
 from detectron2.data.transforms import HFlipTransform
 from detectron2.modeling import DatasetMapperTTA, PanopticFPN
 from detectron2.modeling.postprocessing import sem_seg_postprocess
+from torch import nn
 
-from .meta_arch import combine_panoptic
+from .rsp_panoptic_fpn import combine_panoptic
 
 __all__ = ["SemanticSegmentorWithTTA", "PanopticFPNWithTTA", "build_tta_model"]
 

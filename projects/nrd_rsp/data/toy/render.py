@@ -1,4 +1,4 @@
-"""The built-in toy data: a deterministic generator of small street-like scenes.
+"""Rendering of one toy scene: a deterministic function of a NumPy generator.
 
 Each image has textured stuff regions (sky band, brick walls, grass, a road band or trapezoid),
 thin poles / arms / wires 1-3 px wide (the thin class ``pole``, present in every image), and a
@@ -8,71 +8,18 @@ distinctive per class but jittered per image and per instance, with texture, lig
 and context matter (per-pixel colour alone gives ~75% mIoU) while a ResNet-18 trained from
 scratch for a few hundred iterations still learns the data.
 
-Everything is written in the real formats (see ``datasets/README.md`` for the tree):
-
-* ``images/<split>/*.jpg`` (RGB, JPEG quality 95, no chroma subsampling);
-* COCO panoptic: ``panoptic/<split>/*.png`` (segment id = R + 256 G + 256^2 B) and
-  ``annotations/panoptic_<split>.json``;
-* the Panoptic FPN "separated" files: ``panoptic_stuff/<split>/*.png`` (0 = things, stuff 1..5,
-  255 = void), converted from the panoptic PNGs by
-  :func:`nrd_rsp.data.datasets.panoptic_to_stuff_semantic` (the same function
-  ``datasets/prepare_panoptic_fpn.py`` uses for COCO), and ``annotations/instances_<split>.json``
-  (COCO instances with polygons: the full shape outlines, which may overlap, as in COCO; the
-  panoptic PNG resolves overlaps by drawing order);
-* ``sem_seg/<split>/*.png``: 8 classes [road, grass, wall, sky, pole, disk, box, triangle].
-
-Image ``i`` of split ``s`` is drawn from ``numpy.random.default_rng((seed, s, i))`` only, so the
-output is a pure function of the parameters (and the first images do not depend on the counts).
-
-CLI::
-
-    python -m nrd_rsp.data.toy --output DIR --num-train 200 --num-val 40 --image-size 128 160 --seed 0
+Any change to what this module draws changes the data: bump ``spec.GENERATOR_VERSION`` with it.
 """
 
-import argparse
-import contextlib
-import errno
-import json
-import logging
-import os
-import shutil
-import sys
-import tempfile
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_util
-from tqdm import tqdm
 
-from .datasets import (
-    TOY_CATEGORIES,
-    TOY_DEFAULTS,
-    TOY_GENERATOR_VERSION,
-    ToyParams,
-    configure_toy_datasets_from_cfg,
-    panoptic_to_stuff_semantic,
-    register_toy_datasets,
-    stuff_id_map,
-    toy_dataset_dir,
-    toy_split_paths,
-)
+from .spec import TOY_CATEGORIES
 
-__all__ = [
-    "ensure_toy_dataset",
-    "generate_toy_dataset",
-    "render_toy_image",
-    "GENERATOR_VERSION",
-    # registration lives in nrd_rsp.data.datasets; re-exported for convenience
-    "register_toy_datasets",
-    "configure_toy_datasets_from_cfg",
-]
-
-logger = logging.getLogger(__name__)
-
-GENERATOR_VERSION = TOY_GENERATOR_VERSION
-_SPLITS = (("train", 0), ("val", 1))
+__all__ = ["render_toy_image"]
 
 # contiguous ids of the 8-class labels (= order of TOY_CATEGORIES)
 _CLS = {c["name"]: i for i, c in enumerate(TOY_CATEGORIES)}
@@ -93,9 +40,6 @@ _BASE_RGB = {
 _POLE_GREY_RGB = (226, 226, 214)
 
 
-# ----------------------------------------------------------------------------------------------
-# Rendering of one image
-# ----------------------------------------------------------------------------------------------
 def _jitter(rng, rgb, amount):
     return np.asarray(rgb, np.float32) + rng.uniform(-amount, amount, size=3).astype(np.float32)
 
@@ -330,240 +274,3 @@ def render_toy_image(rng: np.random.Generator, image_size: Tuple[int, int]):
     visible = set(np.unique(pan).tolist())
     instances = [i for i in instances if i["segment_id"] in visible]
     return image, pan, instances
-
-
-def _bbox_xywh(mask: np.ndarray) -> List[int]:
-    ys, xs = np.nonzero(mask)
-    return [
-        int(xs.min()),
-        int(ys.min()),
-        int(xs.max() - xs.min() + 1),
-        int(ys.max() - ys.min() + 1),
-    ]
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing a dataset
-# ----------------------------------------------------------------------------------------------
-def generate_toy_dataset(output_dir: str, params: ToyParams, progress: bool = True) -> None:
-    """Write the toy dataset with ``params`` into ``output_dir`` (created; must be empty).
-    ``params.json`` is written last."""
-    from panopticapi.utils import id2rgb
-
-    id_map = stuff_id_map(TOY_CATEGORIES)
-    categories = [dict(c) for c in TOY_CATEGORIES]
-    h, w = params.image_size
-    os.makedirs(os.path.join(output_dir, "annotations"), exist_ok=True)
-    total = params.num_train + params.num_val
-    bar = tqdm(total=total, desc="Generating toy dataset", unit="img", disable=not progress)
-    for split, split_code in _SPLITS:
-        paths = toy_split_paths(output_dir, split)
-        for key in ("image_root", "panoptic_root", "sem_seg_stuff_root", "sem_seg_root"):
-            os.makedirs(paths[key], exist_ok=True)
-        images, pan_anns, inst_anns = [], [], []
-        n = params.num_train if split == "train" else params.num_val
-        for idx in range(n):
-            rng = np.random.default_rng([params.seed, split_code, idx])
-            image, pan, instances = render_toy_image(rng, (h, w))
-            stem = f"{idx:06d}"
-            images.append({"id": idx, "file_name": stem + ".jpg", "height": h, "width": w})
-            Image.fromarray(image).save(
-                os.path.join(paths["image_root"], stem + ".jpg"), quality=95, subsampling=0
-            )
-            segments = []
-            for seg_id in np.unique(pan).tolist():
-                m = pan == seg_id
-                segments.append(
-                    {
-                        "id": int(seg_id),
-                        "category_id": int(seg_id // 1000),
-                        "area": int(m.sum()),
-                        "bbox": _bbox_xywh(m),
-                        "iscrowd": 0,
-                    }
-                )
-            pan_rgb = id2rgb(pan)
-            Image.fromarray(pan_rgb).save(os.path.join(paths["panoptic_root"], stem + ".png"))
-            pan_anns.append(
-                {"image_id": idx, "file_name": stem + ".png", "segments_info": segments}
-            )
-            stuff = panoptic_to_stuff_semantic(pan_rgb, segments, id_map)
-            Image.fromarray(stuff).save(os.path.join(paths["sem_seg_stuff_root"], stem + ".png"))
-            sem = np.zeros((h, w), np.uint8)
-            for seg in segments:
-                sem[pan == seg["id"]] = _CLS_OF_DATASET_ID[seg["category_id"]]
-            Image.fromarray(sem).save(os.path.join(paths["sem_seg_root"], stem + ".png"))
-            for inst in instances:
-                rle = mask_util.encode(np.asfortranarray(inst["mask"].astype(np.uint8)))
-                inst_anns.append(
-                    {
-                        "id": len(inst_anns) + 1,
-                        "image_id": idx,
-                        "category_id": inst["category_id"],
-                        "segmentation": [inst["poly"]],
-                        "area": float(mask_util.area(rle)),
-                        "bbox": [float(v) for v in mask_util.toBbox(rle)],
-                        "iscrowd": 0,
-                    }
-                )
-            bar.update(1)
-        info = {
-            "description": "nrd_rsp toy data",
-            "version": str(GENERATOR_VERSION),
-            **params.to_json(),
-        }
-        _write_json(
-            paths["panoptic_json"],
-            {"info": info, "images": images, "annotations": pan_anns, "categories": categories},
-        )
-        thing_cats = sorted((c for c in categories if c["isthing"]), key=lambda c: c["id"])
-        _write_json(
-            paths["instances_json"],
-            {"info": info, "images": images, "annotations": inst_anns, "categories": thing_cats},
-        )
-    bar.close()
-    _write_json(os.path.join(output_dir, "params.json"), params.to_json())
-
-
-_CLS_OF_DATASET_ID = {c["id"]: i for i, c in enumerate(TOY_CATEGORIES)}
-
-
-def _write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f)
-
-
-def _is_complete(dataset_dir: str, params: ToyParams) -> bool:
-    try:
-        with open(os.path.join(dataset_dir, "params.json")) as f:
-            return json.load(f) == params.to_json()
-    except (OSError, ValueError):
-        return False
-
-
-@contextlib.contextmanager
-def _file_lock(path: str):
-    """Exclusive fcntl lock on ``path`` (blocking). Where the filesystem does not support
-    locks it proceeds unlocked: the atomic rename still keeps the result consistent."""
-    import fcntl
-
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX)
-        except OSError as e:
-            logger.warning(f"Could not lock {path} ({e}); generating without a lock.")
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _generate_atomically(dataset_dir: str, params: ToyParams, progress: bool = True) -> None:
-    """Generate into a temp dir next to ``dataset_dir`` and rename it into place."""
-    parent = os.path.dirname(dataset_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dataset_dir)}.tmp-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the dataset should not be
-    try:
-        generate_toy_dataset(tmp, params, progress=progress)
-        if os.path.lexists(dataset_dir) and not _is_complete(dataset_dir, params):
-            logger.warning(f"Removing incomplete or mismatching toy data at {dataset_dir}")
-            shutil.rmtree(dataset_dir)
-        try:
-            os.rename(tmp, dataset_dir)
-        except OSError as e:  # another process (without a working lock) was faster
-            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not _is_complete(
-                dataset_dir, params
-            ):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def ensure_toy_dataset(
-    num_train: int = TOY_DEFAULTS["num_train"],
-    num_val: int = TOY_DEFAULTS["num_val"],
-    image_size: Sequence[int] = TOY_DEFAULTS["image_size"],
-    seed: int = TOY_DEFAULTS["seed"],
-    root: Optional[str] = None,
-) -> str:
-    """Generate the toy dataset under ``<root>/toy/<tag>`` unless it is already there.
-
-    Safe for concurrent processes (a file lock around the generation, generated into a temp
-    dir and atomically renamed). ``root`` defaults to ``$DETECTRON2_DATASETS`` read now.
-
-    Returns:
-        the dataset directory.
-    """
-    params = ToyParams(num_train, num_val, tuple(image_size), seed)
-    dataset_dir = toy_dataset_dir(params, root)
-    if _is_complete(dataset_dir, params):
-        return dataset_dir
-    os.makedirs(os.path.dirname(dataset_dir), exist_ok=True)
-    with _file_lock(dataset_dir + ".lock"):
-        if not _is_complete(dataset_dir, params):
-            logger.info(f"Generating the toy dataset {params.tag} into {dataset_dir} ...")
-            _generate_atomically(dataset_dir, params)
-    return dataset_dir
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = _OneLineParser(
-        prog="python -m nrd_rsp.data.toy",
-        description="Generate the nrd_rsp toy dataset (COCO panoptic + Panoptic FPN + semantic "
-        "formats). Without --output it goes where training looks for it: "
-        "$DETECTRON2_DATASETS/toy/<tag>.",
-    )
-    parser.add_argument("--output", help="dataset directory to write (must not exist or be empty)")
-    parser.add_argument("--num-train", type=int, default=TOY_DEFAULTS["num_train"])
-    parser.add_argument("--num-val", type=int, default=TOY_DEFAULTS["num_val"])
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        default=list(TOY_DEFAULTS["image_size"]),
-    )
-    parser.add_argument("--seed", type=int, default=TOY_DEFAULTS["seed"])
-    args = parser.parse_args(argv)
-    try:
-        params = ToyParams(args.num_train, args.num_val, tuple(args.image_size), args.seed)
-    except ValueError as e:
-        parser.error(str(e))
-    if args.output is None:
-        out = ensure_toy_dataset(params.num_train, params.num_val, params.image_size, params.seed)
-    else:
-        out = os.path.abspath(args.output)
-        if _is_complete(out, params):
-            print(f"{out} already holds this toy dataset")
-            return 0
-        if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-            parser.error(f"--output {out} exists and is not an empty directory")
-        try:
-            if os.path.isdir(out):
-                os.rmdir(out)
-            os.makedirs(os.path.dirname(out), exist_ok=True)
-            with _file_lock(out.rstrip(os.sep) + ".lock"):
-                _generate_atomically(out, params)
-        except OSError as e:
-            parser.error(f"cannot write {out}: {e}")
-        finally:
-            with contextlib.suppress(OSError):
-                os.remove(out.rstrip(os.sep) + ".lock")
-    print(out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

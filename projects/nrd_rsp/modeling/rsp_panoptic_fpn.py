@@ -1,8 +1,8 @@
 """RSPPanopticFPN: Detectron2's Panoptic FPN with the RSP head on its FPN (docs/RSP.md)."""
+
 from typing import Dict, List, Tuple
 
 import torch
-
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, PanopticFPN
 from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_instance_outputs
@@ -35,8 +35,9 @@ class RSPPanopticFPN(PanopticFPN):
     * Semantic branch (``MODEL.SEM_SEG_HEAD.NAME``, e.g. ``SemSegFPNHead`` or ``NRDHead``) is
       built for and fed the refined levels {P2'..P5', P6}. Do not name ``RSPSemSegHead`` here:
       it would run a second RSP head.
-    * RPN and ROI heads see the refined levels (``MODEL.RSP.INSTANCE_FEATURES: "refined"``) or
-      the plain FPN levels (``"fpn"``).
+    * RPN and ROI heads see the refined levels
+      (``MODEL.RSP_PANOPTIC_FPN.INSTANCE_FEATURES: "refined"``) or the plain FPN levels
+      (``"fpn"``).
     * Inference combines both outputs exactly as :class:`PanopticFPN` does (same
       ``MODEL.PANOPTIC_FPN.COMBINE`` keys and Detectron2 functions).
 
@@ -57,7 +58,8 @@ class RSPPanopticFPN(PanopticFPN):
         super().__init__(**kwargs)
         if instance_features not in ("refined", "fpn"):
             raise ValueError(
-                f"MODEL.RSP.INSTANCE_FEATURES must be 'refined' or 'fpn', got {instance_features!r}"
+                "MODEL.RSP_PANOPTIC_FPN.INSTANCE_FEATURES must be 'refined' or 'fpn', "
+                f"got {instance_features!r}"
             )
         self.rsp = rsp
         self.instance_features = instance_features
@@ -75,7 +77,7 @@ class RSPPanopticFPN(PanopticFPN):
         fpn_shapes = ret["backbone"].output_shape()
         if rsp.output_shape() != fpn_shapes:
             ret["sem_seg_head"] = build_sem_seg_head(cfg, rsp.output_shape())
-        ret["instance_features"] = cfg.MODEL.RSP.INSTANCE_FEATURES
+        ret["instance_features"] = cfg.MODEL.RSP_PANOPTIC_FPN.INSTANCE_FEATURES
         return ret
 
     def extract_features(

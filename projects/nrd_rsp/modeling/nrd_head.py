@@ -10,76 +10,43 @@ Modules:
 
 * :class:`LightASPP`: context module on the encoder output (1x1 branch, depthwise-separable
   dilated branches, image pooling, 3x3 fusion).
-* :class:`DynamicMLP`: applies per-location MLPs to their patches with batched matmuls.
 * :class:`NRDHead`: the semantic head (``SEM_SEG_HEADS_REGISTRY``): light ASPP -> controller ->
-  dynamic parameters; guidance branch; dynamic decoding; auxiliary FCN head for training.
+  dynamic parameters; guidance branch; dynamic decoding (:class:`.dynamic_mlp.DynamicMLP`);
+  auxiliary FCN head for training.
 """
-import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import fvcore.nn.weight_init as weight_init
 import torch
-from torch import nn
-from torch.nn import functional as F
-
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, DepthwiseSeparableConv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from torch import nn
+from torch.nn import functional as F
 
-__all__ = [
-    "NRDHead",
-    "LightASPP",
-    "DynamicMLP",
-    "dynamic_param_layout",
-    "num_dynamic_params",
-    "relative_coordinates",
-]
+from .dynamic_mlp import DynamicMLP, relative_coordinates
+
+__all__ = ["NRDHead", "LightASPP"]
 
 
-def dynamic_param_layout(channels: Sequence[int]) -> List[Tuple[str, Tuple[int, ...]]]:
-    """Layout of the ``P`` controller channels that parameterise one dynamic MLP.
-
-    Args:
-        channels: widths of the MLP, ``[C_in, H, ..., K]`` (NRD default ``[2 + G, H, H, K]``).
-
-    Returns:
-        ``[("weight0", (C_1, C_0)), ("bias0", (C_1,)), ("weight1", (C_2, C_1)), ...]`` in channel
-        order: layer ``l`` takes ``C_l * C_{l-1}`` channels for its weight stored
-        out-major (``weight[o, i]`` is channel ``offset + o * C_in_l + i``), then ``C_l`` bias
-        channels. This is the split order of the authors' code.
-    """
-    if len(channels) < 2:
-        raise ValueError(f"A dynamic MLP needs at least input and output widths, got {channels}.")
-    layout = []
-    for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
-        layout.append((f"weight{i}", (c_out, c_in)))
-        layout.append((f"bias{i}", (c_out,)))
-    return layout
+def _conv_norm_relu(in_channels: int, out_channels: int, norm, kernel_size: int = 3) -> Conv2d:
+    """``k x k`` conv keeping the size (bias only without a norm) + norm + ReLU."""
+    return Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size=kernel_size,
+        padding=kernel_size // 2,
+        bias=norm == "",
+        norm=get_norm(norm, out_channels),
+        activation=F.relu,
+    )
 
 
-def num_dynamic_params(channels: Sequence[int]) -> int:
-    """``P = sum_l C_l * C_{l-1} + C_l``: 899 for ``[18, 16, 16, 19]``, 3126 for K = 150."""
-    return sum(math.prod(shape) for _, shape in dynamic_param_layout(channels))
-
-
-def relative_coordinates(patch_size: int, num_frequencies: int = 0) -> torch.Tensor:
-    """Relative coordinates of the pixels inside an ``r x r`` patch (paper Sec. 3).
-
-    Returns:
-        Tensor[2 + 4F, r, r]: channel 0 is ``x = j / r`` and channel 1 is ``y = i / r`` for the
-        pixel in row ``i``, column ``j`` (values ``0, 1/r, ..., (r-1)/r``). With ``F > 0``
-        Fourier frequencies, ``sin(2^k pi x), cos(2^k pi x), sin(2^k pi y), cos(2^k pi y)`` for
-        ``k = 0 .. F-1`` follow.
-    """
-    r = patch_size
-    steps = torch.arange(r, dtype=torch.float32) / r
-    y, x = torch.meshgrid(steps, steps, indexing="ij")
-    coords = [x, y]
-    for k in range(num_frequencies):
-        for c in (x, y):
-            coords.append(torch.sin((2.0**k) * math.pi * c))
-            coords.append(torch.cos((2.0**k) * math.pi * c))
-    return torch.stack(coords, dim=0)
+def _check_norm_name(norm, key: str):
+    """``"none"`` is not a norm name: Detectron2 (and this key) spell "no norm" as ``""``."""
+    if isinstance(norm, str) and norm.lower() == "none":
+        raise ValueError(f'{key}: "none" is not a norm; use "" for no norm, as in Detectron2.')
 
 
 class LightASPP(nn.Module):
@@ -89,7 +56,7 @@ class LightASPP(nn.Module):
     pointwise + norm + ReLU) for every other dilation, and image pooling (global average pooling,
     1x1 conv + norm + ReLU, broadcast back). The concatenation goes through a 3x3 conv + norm +
     ReLU. The pooling branch's norm is the authors' (mmseg ``ASPPHead.image_pool``: ConvModule
-    with the head's norm); ``pooling_norm="none"`` gives Detectron2's ASPP pooling branch instead
+    with the head's norm); ``pooling_norm=""`` gives Detectron2's ASPP pooling branch instead
     (1x1 conv with bias + ReLU, no norm, so a batch of one image trains with BatchNorm).
 
     Unlike :class:`detectron2.layers.ASPP` (exactly three dilations after a fixed 1x1 branch,
@@ -112,28 +79,19 @@ class LightASPP(nn.Module):
             in_channels, out_channels: ``C_in`` and ``C_out``.
             dilations: one branch per dilation (1: a 1x1 conv).
             norm: norm of every conv (see ``get_norm``).
-            pooling_norm: norm of the image-pooling 1x1 conv; ``None`` uses ``norm``, "none"
-                (or "") none, with a bias instead.
+            pooling_norm: norm of the image-pooling 1x1 conv; ``None`` uses ``norm``, ``""``
+                none (the conv then has a bias), as everywhere in Detectron2.
         """
         super().__init__()
         if not dilations:
             raise ValueError("LightASPP needs at least one dilation.")
-        use_bias = norm == ""
         if pooling_norm is None:
             pooling_norm = norm
-        if pooling_norm == "none":
-            pooling_norm = ""
+        _check_norm_name(pooling_norm, "MODEL.NRD.POOLING_NORM")
         self.branches = nn.ModuleList()
         for d in dilations:
             if d == 1:
-                conv = Conv2d(
-                    in_channels,
-                    out_channels,
-                    kernel_size=1,
-                    bias=use_bias,
-                    norm=get_norm(norm, out_channels),
-                    activation=F.relu,
-                )
+                conv = _conv_norm_relu(in_channels, out_channels, norm, kernel_size=1)
                 weight_init.c2_xavier_fill(conv)
             else:
                 conv = DepthwiseSeparableConv2d(
@@ -148,24 +106,10 @@ class LightASPP(nn.Module):
                     activation2=F.relu,
                 )
             self.branches.append(conv)
-        self.pool_conv = Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size=1,
-            bias=pooling_norm == "",
-            norm=get_norm(pooling_norm, out_channels),
-            activation=F.relu,
-        )
+        self.pool_conv = _conv_norm_relu(in_channels, out_channels, pooling_norm, kernel_size=1)
         weight_init.c2_xavier_fill(self.pool_conv)
-        self.project = Conv2d(
-            (len(dilations) + 1) * out_channels,
-            out_channels,
-            kernel_size=3,
-            padding=1,
-            bias=use_bias,
-            norm=get_norm(norm, out_channels),
-            activation=F.relu,
-        )
+        num_inputs = (len(dilations) + 1) * out_channels
+        self.project = _conv_norm_relu(num_inputs, out_channels, norm)
         weight_init.c2_xavier_fill(self.project)
 
     def forward(self, x):
@@ -174,49 +118,6 @@ class LightASPP(nn.Module):
         outs = [branch(x) for branch in self.branches]
         outs.append(pooled.expand(-1, -1, h, w))
         return self.project(torch.cat(outs, dim=1))
-
-
-class DynamicMLP(nn.Module):
-    """Per-location MLPs applied to their own patches (paper Sec. 3).
-
-    Location ``(n, i, j)`` owns the MLP whose weights are ``params[n, :, i, j]`` (layout:
-    :func:`dynamic_param_layout`); it maps each of its ``r^2`` pixel inputs through
-    ``Linear -> ReLU -> ... -> Linear`` (no activation after the last layer). Implemented as
-    batched matmuls ``[N, h, w, r^2, C_l] @ [N, h, w, C_l, C_{l+1}]``: no weight tensor is ever
-    expanded to the output grid. Cost: ``N h w r^2 sum_l C_l C_{l+1}`` multiply-adds.
-
-    Shapes: ``inputs [N, h, w, r^2, C_0]``, ``params [N, P, h, w]`` -> ``[N, h, w, r^2, C_L]``.
-    """
-
-    def __init__(self, channels: Sequence[int]):
-        super().__init__()
-        self.channels = list(channels)
-        self.layout = dynamic_param_layout(self.channels)
-        self.num_params = num_dynamic_params(self.channels)
-
-    def split_params(self, params: torch.Tensor) -> List[torch.Tensor]:
-        """Split ``[N, P, h, w]`` into, per layer, ``weight [N, h, w, C_out, C_in]`` and
-        ``bias [N, h, w, C_out]`` (at controller resolution, never expanded to the output grid)."""
-        if params.shape[1] != self.num_params:
-            raise ValueError(
-                f"Expected {self.num_params} dynamic parameters, got {params.shape[1]}."
-            )
-        n, _, h, w = params.shape
-        params = params.permute(0, 2, 3, 1)
-        sizes = [math.prod(shape) for _, shape in self.layout]
-        chunks = torch.split(params, sizes, dim=-1)
-        return [c.reshape(n, h, w, *shape) for c, (_, shape) in zip(chunks, self.layout)]
-
-    def forward(self, inputs: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        tensors = self.split_params(params)
-        x = inputs
-        num_layers = len(self.channels) - 1
-        for l in range(num_layers):
-            weight, bias = tensors[2 * l], tensors[2 * l + 1]
-            x = torch.matmul(x, weight.transpose(-1, -2)) + bias.unsqueeze(-2)
-            if l < num_layers - 1:
-                x = F.relu(x)
-        return x
 
 
 def _check_input_shape(input_shape: Dict[str, ShapeSpec], names: Sequence[str], patch_size: int):
@@ -238,49 +139,32 @@ def _check_input_shape(input_shape: Dict[str, ShapeSpec], names: Sequence[str], 
         )
 
 
-def _conv3x3_norm_relu(in_channels: int, out_channels: int, norm) -> Conv2d:
-    """3x3 conv (bias only without a norm) + norm + ReLU."""
-    return Conv2d(
-        in_channels,
-        out_channels,
-        kernel_size=3,
-        padding=1,
-        bias=norm == "",
-        norm=get_norm(norm, out_channels),
-        activation=F.relu,
-    )
-
-
-def _controller(in_channels: int, channels: int, num_params: int, norm, scale_init: bool):
-    """Step 2: 3x3 conv + norm + ReLU, 1x1 conv to the ``P`` dynamic parameters
-    (``[N, A, h, w] -> [N, P, h, w]``). The 1x1 conv is Xavier-normal, divided by ``P`` with
-    ``scale_init`` (the authors' init: tiny initial dynamic weights), with zero bias."""
-    conv = _conv3x3_norm_relu(in_channels, channels, norm)
+def _conv_then_1x1(in_channels: int, channels: int, out_channels: int, norm, divide_by: int = 1):
+    """3x3 conv + norm + ReLU (``channels`` wide, c2 Xavier), then a 1x1 conv to
+    ``out_channels``, Xavier-normal divided by ``divide_by``, zero bias. Step 2, the controller
+    (``[N, A, h, w] -> [N, P, h, w]``; the authors divide by ``P``: tiny initial dynamic
+    weights), and step 3, the guidance branch (``[N, C2, H/4, W/4] -> [N, G, H/4, W/4]``)."""
+    conv = _conv_norm_relu(in_channels, channels, norm)
     weight_init.c2_xavier_fill(conv)
-    out = Conv2d(channels, num_params, kernel_size=1)
+    out = Conv2d(channels, out_channels, kernel_size=1)
     nn.init.xavier_normal_(out.weight)
-    if scale_init:
+    if divide_by != 1:
         with torch.no_grad():
-            out.weight.div_(num_params)
+            out.weight.div_(divide_by)
     nn.init.constant_(out.bias, 0)
     return nn.Sequential(conv, out)
 
 
-def _guidance(in_channels: int, proj_channels: int, out_channels: int, norm):
-    """Step 3: 3x3 conv + norm + ReLU, 1x1 conv (Xavier-normal, zero bias) to the ``G``
-    guidance channels (``[N, C2, H/4, W/4] -> [N, G, H/4, W/4]``)."""
-    conv = _conv3x3_norm_relu(in_channels, proj_channels, norm)
-    weight_init.c2_xavier_fill(conv)
-    out = Conv2d(proj_channels, out_channels, kernel_size=1)
-    nn.init.xavier_normal_(out.weight)
-    nn.init.constant_(out.bias, 0)
-    return nn.Sequential(conv, out)
+def _input_norm(norm, channels: int) -> nn.Module:
+    """Step 4: normalisation of the ``[N, C_coord + G, h r, w r]`` MLP input; ``""``: none."""
+    _check_norm_name(norm, "MODEL.NRD.INPUT_NORM")
+    return get_norm(norm, channels) or nn.Identity()
 
 
 def _aux_head(in_channels: int, channels: int, num_classes: int, norm, dropout: float):
     """Auxiliary FCN head (mmseg ``FCNHead``, one conv): 3x3 conv + norm + ReLU, Dropout2d,
     1x1 classifier (normal std 0.01, zero bias); ``[N, C4, h4, w4] -> [N, K, h4, w4]``."""
-    conv = _conv3x3_norm_relu(in_channels, channels, norm)
+    conv = _conv_norm_relu(in_channels, channels, norm)
     weight_init.c2_msra_fill(conv)
     cls = Conv2d(channels, num_classes, kernel_size=1)
     nn.init.normal_(cls.weight, std=0.01)
@@ -333,7 +217,8 @@ class NRDHead(nn.Module):
         controller_channels: width of the controller's 3x3 conv.
         hidden_channels: H, width of the two hidden MLP layers.
         guidance_channels: G, guidance channels fed to the MLP.
-        guidance_proj_channels: width of the guidance branch's 3x3 conv.
+        guidance_conv_channels: width of the guidance branch's 3x3 conv (before its 1x1
+            projection to G).
         patch_size: r; each controller location decodes an r x r patch (output stride s/r).
         fourier_features: F; if > 0, add F sin/cos frequencies per coordinate to the MLP input.
         scale_controller_init: divide the Xavier-normal init of the controller's last conv by
@@ -341,10 +226,10 @@ class NRDHead(nn.Module):
             trains much faster on short schedules (the toy configs).
         norm: normalisation of every conv of the head (see ``get_norm``).
         input_norm: normalisation of the MLP input (coordinates + guidance; BN / SyncBN in the
-            paper); ``None`` or ``""`` uses ``norm``.
+            paper); ``None`` uses ``norm``, ``""`` none.
         aux_channels, aux_loss_weight, aux_dropout: auxiliary FCN head.
-        pooling_norm: norm of the light ASPP's image-pooling conv; ``None`` or ``""`` uses
-            ``norm`` (authors), "none" removes it (conv with bias, Detectron2's ASPP).
+        pooling_norm: norm of the light ASPP's image-pooling conv; ``None`` uses ``norm``
+            (authors), ``""`` none (conv with bias, Detectron2's ASPP).
         avg_non_ignore: average both cross-entropies over the valid pixels only; False (the
             authors' mmseg 0.10 loss) divides their sum by the number of all target pixels.
         loss_weight: weight of the main cross-entropy.
@@ -365,7 +250,7 @@ class NRDHead(nn.Module):
         controller_channels: int = 512,
         hidden_channels: int = 16,
         guidance_channels: int = 16,
-        guidance_proj_channels: int = 48,
+        guidance_conv_channels: int = 48,
         patch_size: int = 8,
         fourier_features: int = 0,
         scale_controller_init: bool = True,
@@ -402,24 +287,21 @@ class NRDHead(nn.Module):
 
         # 1-2: context and controller
         self.aspp = LightASPP(
-            ctrl_shape.channels,
-            aspp_channels,
-            aspp_dilations,
-            norm=norm,
-            pooling_norm=pooling_norm or None,
+            ctrl_shape.channels, aspp_channels, aspp_dilations, norm=norm, pooling_norm=pooling_norm
         )
         coords = relative_coordinates(patch_size, fourier_features)
         self.register_buffer("coords", coords, persistent=False)  # [C_coord, r, r]
         mlp_in = coords.shape[0] + guidance_channels
         self.mlp = DynamicMLP([mlp_in, hidden_channels, hidden_channels, num_classes])
-        self.controller = _controller(
-            aspp_channels, controller_channels, self.mlp.num_params, norm, scale_controller_init
+        p = self.mlp.num_params
+        self.controller = _conv_then_1x1(
+            aspp_channels, controller_channels, p, norm, divide_by=p if scale_controller_init else 1
         )
         # 3-4: guidance and MLP input normalisation
-        self.guidance = _guidance(
-            guide_shape.channels, guidance_proj_channels, guidance_channels, norm
+        self.guidance = _conv_then_1x1(
+            guide_shape.channels, guidance_conv_channels, guidance_channels, norm
         )
-        self.input_norm = get_norm(input_norm or norm, mlp_in)
+        self.input_norm = _input_norm(norm if input_norm is None else input_norm, mlp_in)
         # auxiliary FCN head (training only)
         self.aux_head = None
         if aux_in_feature:
@@ -440,7 +322,7 @@ class NRDHead(nn.Module):
             "controller_channels": nrd.CONTROLLER_CHANNELS,
             "hidden_channels": nrd.HIDDEN_CHANNELS,
             "guidance_channels": nrd.GUIDANCE_CHANNELS,
-            "guidance_proj_channels": nrd.GUIDANCE_PROJ_CHANNELS,
+            "guidance_conv_channels": nrd.GUIDANCE_CONV_CHANNELS,
             "patch_size": nrd.PATCH_SIZE,
             "fourier_features": nrd.FOURIER_FEATURES,
             "scale_controller_init": nrd.SCALE_CONTROLLER_INIT,
@@ -493,12 +375,8 @@ class NRDHead(nn.Module):
         r = self.patch_size
         guide = self.guidance(features[self.guidance_in_feature])
         if self.guidance_stride != self.output_stride:
-            guide = F.interpolate(
-                guide,
-                scale_factor=self.guidance_stride / self.output_stride,
-                mode="bilinear",
-                align_corners=False,
-            )
+            scale = self.guidance_stride / self.output_stride
+            guide = F.interpolate(guide, scale_factor=scale, mode="bilinear", align_corners=False)
         pad_h, pad_w = h * r - guide.shape[-2], w * r - guide.shape[-1]
         if pad_h or pad_w:
             # Inputs not padded to a multiple of the controller stride: the guidance map covers

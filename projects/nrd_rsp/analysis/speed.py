@@ -1,0 +1,141 @@
+"""Timing and memory: synchronised step timing, latency statistics, autocast, peak memory
+(CUDA allocator or the process's peak RSS) and a description of the device."""
+
+import contextlib
+import os
+import platform
+import resource
+import sys
+import time
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+__all__ = [
+    "autocast",
+    "current_rss_mib",
+    "device_description",
+    "latency_stats",
+    "peak_memory",
+    "reset_peak_memory",
+    "synchronize",
+    "time_steps",
+]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, amp: str):
+    """Autocast context for ``amp`` in {"off", "fp16", "bf16"}. fp16 needs CUDA (CPU autocast
+    supports bf16): ConfigError otherwise."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    if amp not in dtypes:
+        raise ConfigError(f"--amp must be off, fp16 or bf16, got '{amp}'.")
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            "--amp fp16 needs CUDA (autocast on CPU supports bf16 only); "
+            "use --amp bf16 or --device cuda."
+        )
+    return torch.autocast(device_type=device.type, dtype=dtypes[amp])
+
+
+def time_steps(
+    step: Callable[[], None], iters: int, warmup: int, device: torch.device
+) -> List[float]:
+    """Run ``step`` ``warmup`` times, then ``iters`` times synchronising the device before and
+    after each; returns the ``iters`` latencies in seconds."""
+    if iters < 1 or warmup < 0:
+        raise ConfigError(f"Need --iters >= 1 and --warmup >= 0, got {iters} and {warmup}.")
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def latency_stats(times: Sequence[float], batch_size: int) -> Dict[str, float]:
+    """Median / p90 latency (ms), iterations/s and images/s from the median latency."""
+    median = float(np.median(times))
+    return {
+        "latency_ms_median": median * 1e3,
+        "latency_ms_p90": float(np.percentile(times, 90)) * 1e3,
+        "iters_per_s": 1.0 / median,
+        "images_per_s": batch_size / median,
+    }
+
+
+_cpu_peak_reset = False  # whether the last reset_peak_memory(cpu) could reset the peak RSS
+
+
+def current_rss_mib() -> float:
+    """Resident set size of this process now (Linux /proc; NaN elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def reset_peak_memory(device: torch.device) -> float:
+    """Start a peak-memory measurement; returns the memory in use now (MiB), to subtract.
+
+    CUDA: resets ``max_memory_allocated`` (baseline: ``memory_allocated``). CPU (Linux): writes
+    ``5`` to ``/proc/self/clear_refs``, which resets the peak RSS that ``resource`` reports
+    (baseline: the current RSS); elsewhere the peak stays that of the whole process.
+    """
+    global _cpu_peak_reset
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _cpu_peak_reset = True
+    except OSError:
+        _cpu_peak_reset = False
+    return current_rss_mib()
+
+
+def peak_memory(device: torch.device) -> Tuple[float, str]:
+    """(peak memory in MiB since :func:`reset_peak_memory`, what it measures).
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (tensors, weights included). CPU: peak resident
+    set size of the whole process (``resource`` ``ru_maxrss``: Python, libraries, weights and
+    activations), since the reset when ``/proc/self/clear_refs`` allowed it, else since the
+    process started.
+    """
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA max_memory_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_bytes = rss if sys.platform == "darwin" else rss * 1024
+    since = "since the measurement started" if _cpu_peak_reset else "since the process started"
+    return rss_bytes / 2**20, f"CPU peak RSS of the process (resource.ru_maxrss, {since})"
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU {name} ({torch.get_num_threads()} threads, {os.cpu_count()} cores visible)"

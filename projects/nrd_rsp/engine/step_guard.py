@@ -1,0 +1,143 @@
+"""The step guard: every training step is checked after ``backward`` and before the optimizer
+step, on every rank at once.
+
+Detectron2's ``SimpleTrainer.run_step`` / ``AMPTrainer.run_step`` call ``after_backward()``
+between ``backward`` and the optimizer step; the guard overrides that public hook point. The
+step's loss dict reaches it through a forward hook on the model (the dict the trainer sums and
+back-propagates). A non-finite loss term, or a fatal data-loader condition (too many skipped
+samples, ``TrainingHealth.fatal_error``), raises on *every* rank (the findings are all-gathered
+when the world size is > 1), so no rank is left waiting in a collective and the weights are
+never updated from a non-finite gradient. The guard writes the skipped-sample totals over ranks
+and the loss terms averaged over ranks into the shared :class:`TrainingHealth`.
+"""
+
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.utils import comm
+
+from ..errors import NonFiniteLossError, TooManyBadSamplesError
+from ..training_health import TrainingHealth
+
+__all__ = ["GuardedSimpleTrainer", "GuardedAMPTrainer", "build_guarded_trainer"]
+
+# One rank's findings: (non-finite terms, fatal data error, skipped, seen, {term: value}).
+_Report = Tuple[List[str], Optional[str], int, int, Dict[str, float]]
+
+
+class _GuardedStepMixin:
+    """The step guard (module docstring) for a Detectron2 ``SimpleTrainer`` subclass.
+
+    Args (keyword-only, besides the trainer's own):
+        health: the run's :class:`TrainingHealth` (read: ``num_seen``, ``num_skipped``,
+            ``fatal_error``; written: ``skip_totals``, ``last_losses``).
+        check_finite: stop on a non-finite loss term (``SOLVER.CHECK_FINITE_LOSS``).
+    """
+
+    def __init__(
+        self,
+        model,
+        data_loader,
+        optimizer,
+        *,
+        health: TrainingHealth,
+        check_finite: bool = True,
+        **kwargs,
+    ):
+        super().__init__(model, data_loader, optimizer, **kwargs)
+        self.health = health
+        self.check_finite = check_finite
+        self._loss_dict: Optional[Dict[str, torch.Tensor]] = None
+        model.register_forward_hook(self._record_losses)
+
+    def _record_losses(self, module, inputs, output):
+        """Forward hook: keep the training loss dict of this step (a tensor: ``total_loss``)."""
+        if module.training:
+            self._loss_dict = {"total_loss": output} if torch.is_tensor(output) else output
+
+    def run_step(self):
+        self._loss_dict = None
+        try:
+            super().run_step()
+        except FloatingPointError as e:
+            if isinstance(e, NonFiniteLossError):
+                raise
+            # Detectron2's own divergence checks (e.g. "Predicted boxes or scores contain
+            # Inf/NaN") fire inside the forward pass, on the rank that diverged.
+            raise NonFiniteLossError(
+                f"Training diverged at iteration {self.iter}: {e} Lower SOLVER.BASE_LR, increase "
+                "SOLVER.WARMUP_ITERS or enable SOLVER.CLIP_GRADIENTS (with a FrozenBN backbone, "
+                "start from ImageNet weights), then --resume."
+            ) from e
+        finally:
+            self._loss_dict = None
+
+    def after_backward(self):
+        """Detectron2's hook point between ``backward`` and the optimizer step."""
+        super().after_backward()
+        if self._loss_dict is not None:
+            self._guard_step(self._loss_dict, self.iter)
+
+    def _local_report(self, loss_dict) -> _Report:
+        values = {k: v.detach().float().mean().item() for k, v in loss_dict.items()}
+        bad = [f"{k}={v}" for k, v in values.items() if not np.isfinite(v)]
+        h = self.health
+        return (bad if self.check_finite else [], h.fatal_error, h.num_skipped, h.num_seen, values)
+
+    def _guard_step(self, loss_dict, iteration: int) -> None:
+        report = self._local_report(loss_dict)
+        reports = comm.all_gather(report) if comm.get_world_size() > 1 else [report]
+        values = report[4]
+        mean = {k: float(np.mean([r[4][k] for r in reports])) for k in values}
+        self.health.skip_totals = (sum(r[2] for r in reports), sum(r[3] for r in reports))
+        self.health.last_losses = {
+            "iteration": int(iteration),
+            "total_loss": float(sum(mean.values())),
+            **mean,
+        }
+        _raise_on_findings(reports, iteration)
+
+
+def _raise_on_findings(reports: List[_Report], iteration: int) -> None:
+    """Raise, identically on every rank, the first fatal data error, else the non-finite terms
+    of every rank."""
+    ranked = len(reports) > 1
+    data_errors = [(rank, r[1]) for rank, r in enumerate(reports) if r[1]]
+    if data_errors:
+        rank, msg = data_errors[0]
+        e = TooManyBadSamplesError(
+            f"Iteration {iteration}{f' (rank {rank})' if ranked else ''}: {msg}"
+        )
+        e.all_ranks = True  # raised identically on every rank
+        raise e
+    bad_by_rank = [(rank, r[0]) for rank, r in enumerate(reports) if r[0]]
+    if bad_by_rank:
+        where = "; ".join(
+            (f"rank {rank}: " if ranked else "") + ", ".join(terms) for rank, terms in bad_by_rank
+        )
+        e = NonFiniteLossError(
+            f"Non-finite loss at iteration {iteration}: {where}. Training stopped before the "
+            "optimizer step, so the weights (and the last checkpoint) are not affected. Lower "
+            "SOLVER.BASE_LR, increase SOLVER.WARMUP_ITERS or enable SOLVER.CLIP_GRADIENTS, then "
+            "--resume."
+        )
+        e.all_ranks = True
+        raise e
+
+
+class GuardedSimpleTrainer(_GuardedStepMixin, SimpleTrainer):
+    """``SimpleTrainer`` with the step guard of ``_GuardedStepMixin``."""
+
+
+class GuardedAMPTrainer(_GuardedStepMixin, AMPTrainer):
+    """``AMPTrainer`` with the step guard of ``_GuardedStepMixin``."""
+
+
+def build_guarded_trainer(cfg, model, data_loader, optimizer, health: TrainingHealth):
+    """The guarded inner trainer for ``cfg`` (AMP or not, ``SOLVER.CHECK_FINITE_LOSS``)."""
+    cls = GuardedAMPTrainer if cfg.SOLVER.AMP.ENABLED else GuardedSimpleTrainer
+    return cls(
+        model, data_loader, optimizer, health=health, check_finite=cfg.SOLVER.CHECK_FINITE_LOSS
+    )
