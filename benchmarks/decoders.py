@@ -3,31 +3,39 @@
 
     python benchmarks/decoders.py                      # CPU: FLOPs at 1024x2048, timing at 256x512
     python benchmarks/decoders.py --device cuda        # GPU: FLOPs and timing at 1024x2048
+    python benchmarks/decoders.py --threads 1 --time-size 512 1024 --iters 10 --warmup 1
     python benchmarks/decoders.py --rows nrd_r50,dlv3p_r50_os16 --quick --output-dir /tmp/b
 
 Every row is the semantic path of a model (``backbone -> [RSP] -> sem_seg_head``, see
 ``nrd_rsp.analysis.SemanticPath``) with 19 classes on one normalised image, built from a
-project config (or ``benchmarks/configs/`` for DeepLab) in a fresh subprocess, so that its peak
-memory is its own. Per row: GFLOPs (total, neck+head, head) at ``--flop-size``, inference
-parameters, median/p90 latency, images/s and peak memory at ``--time-size``, and every ratio
-against DeepLabV3+ OS16 of the same depth and against DeepLabV3 R-101 OS8.
+project config (or ``benchmarks/configs/`` for DeepLab) in its own persistent worker process,
+so that its peak memory is its own (``--in-process``: all rows in this process).
 
-Writes ``decoders.md``, ``decoders.csv`` and ``decoders.png`` (GFLOPs against latency) to
-``--output-dir`` (default ``benchmarks/results``). See ``benchmarks/README.md``.
+Timing runs in interleaved rounds: all rows' models stay alive and every round runs one step of
+every row (round robin, the starting row rotating from round to round), so that the load of a
+shared machine changes both sides of a ratio alike. Per row: the median, p90 and interquartile
+range of its latency over the rounds, and the per-round latency ratio to each baseline (median
+and interquartile range of ``row[r] / baseline[r]``). Then, row by row, GFLOPs (total,
+neck+head, head) at ``--flop-size`` and inference parameters. Every metric is also compared as
+value / baseline value against Semantic FPN and DeepLabV3+ OS16 of the same depth and against
+DeepLabV3 R-101 OS8.
+
+Writes ``decoders.md``, ``decoders.csv``, ``decoders.png`` (GFLOPs against latency) and
+``decoders.json`` (raw per-round latencies and results; ``--render`` rewrites the others from
+it) to ``--output-dir`` (default ``benchmarks/results``). See ``benchmarks/README.md``.
 """
 
 import argparse
 import csv
 import datetime
-import gc
 import json
 import logging
+import multiprocessing
 import os
 import shlex
-import subprocess
 import sys
-import tempfile
 import time
+import traceback
 from collections import OrderedDict, namedtuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,6 +142,7 @@ ROWS = OrderedDict(
     ]
 )
 # Baselines of the ratio columns.
+SEMFPN_BY_DEPTH = {50: "semfpn_r50", 101: "semfpn_r101"}
 DLV3P_BY_DEPTH = {50: "dlv3p_r50_os16", 101: "dlv3p_r101_os16"}
 DLV3_OS8 = "dlv3_r101_os8"
 
@@ -152,6 +161,7 @@ METRICS = [
     ("memory_increase_mib", "Memory increase (MiB)", "{:.0f}"),
 ]
 RATIO_SUFFIXES = (
+    ("vs_semfpn", "Semantic FPN (same depth)"),
     ("vs_dlv3p", "DeepLabV3+ OS16 (same depth)"),
     ("vs_dlv3_os8", "DeepLabV3 R-101 OS8"),
 )
@@ -177,10 +187,18 @@ def parse_args(argv=None):
         help="timing input size (default: 1024x2048 on CUDA, 256x512 on CPU)",
     )
     p.add_argument(
-        "--iters", type=int, default=None, help="timed iterations (default: 20 CUDA, 5 CPU)"
+        "--iters",
+        "--rounds",
+        dest="iters",
+        type=int,
+        default=None,
+        help="timed rounds, each running every row once (default: 20 CUDA, 5 CPU)",
     )
     p.add_argument(
-        "--warmup", type=int, default=None, help="warm-up iterations (default: 5 CUDA, 1 CPU)"
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed warm-up rounds (default: 5 CUDA, 1 CPU)",
     )
     p.add_argument("--amp", choices=["off", "fp16", "bf16"], default="off")
     p.add_argument("--channels-last", action="store_true")
@@ -190,8 +208,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--in-process",
         action="store_true",
-        help="measure the rows in this process instead of one subprocess per row (faster start; "
-        "the peak RSS is still reset before each row on Linux)",
+        help="keep all rows' models in this process instead of one worker process per row "
+        "(faster start, less memory; on CPU the peak RSS then includes the other rows' models)",
     )
     p.add_argument(
         "--quick",
@@ -199,9 +217,18 @@ def parse_args(argv=None):
         help="smoke run: FLOPs and timing at 64x128, 1 timed iteration, no warm-up",
     )
     p.add_argument("--output-dir", default=os.path.join(ROOT, "benchmarks", "results"))
+    p.add_argument(
+        "--skip-flops",
+        action="store_true",
+        help="time only: no FLOPs or parameter counting (n/a in the tables, no plot)",
+    )
     p.add_argument("--note", default="", help="free text added to the settings of decoders.md")
-    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one row
-    p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--render",
+        action="store_true",
+        help="measure nothing: write decoders.{md,csv,png} again from the raw results "
+        "(decoders.json) of the last run in --output-dir (with --note: replaces the run's note)",
+    )
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     if args.quick:
@@ -216,7 +243,7 @@ def parse_args(argv=None):
 
 
 # --------------------------------------------------------------------------------------------
-# One row, in its own process
+# One row: its model, a timed step, then FLOPs and parameters
 # --------------------------------------------------------------------------------------------
 def _normalised_input(model, height, width, device, seed=0):
     import torch
@@ -229,120 +256,251 @@ def _normalised_input(model, height, width, device, seed=0):
     return ((img - model.pixel_mean) / model.pixel_std)[None]
 
 
-def measure_row(row, args):
-    """Timing (first, so that the peak memory is the inference's), then FLOPs and parameters."""
-    import torch
+class RowRunner:
+    """The semantic path of one row, alive for the whole run: :meth:`step` runs and times one
+    inference (for the interleaved rounds), :meth:`finish` counts FLOPs and parameters."""
 
-    from nrd_rsp import analysis as A
+    def __init__(self, row, args):
+        import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = A.setup(
-        os.path.join(ROOT, row.config),
-        row.opts + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(NUM_CLASSES)],
-        device=args.device,
+        from nrd_rsp import analysis as A
+        from nrd_rsp.analysis.speed import timed
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        self.row, self.args = row, args
+        self.cfg = A.setup(
+            os.path.join(ROOT, row.config),
+            row.opts + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(NUM_CLASSES)],
+            device=args.device,
+        )
+        self.device = device = torch.device(self.cfg.MODEL.DEVICE)
+        self.model = A.build_model(self.cfg)
+        path = self.path = A.semantic_path(self.model).eval()
+        if args.channels_last:
+            path = self.path = path.to(memory_format=torch.channels_last)
+        x = self.x = _normalised_input(self.model, *args.time_size, device)
+
+        def step():
+            with torch.no_grad(), A.autocast(device, args.amp):
+                path(x)
+
+        self._timed = timed(step, device)
+        self.peak, self.increase, self.peak_kind, self.steps = 0.0, 0.0, "", 0
+
+    def step(self):
+        """One timed inference (seconds). Peak memory: from a reset just before the step (CUDA
+        allocator; CPU peak RSS of the process), the maximum over the row's steps."""
+        from nrd_rsp import analysis as A
+
+        baseline = A.reset_peak_memory(self.device)
+        seconds = self._timed()
+        peak, self.peak_kind = A.peak_memory(self.device)
+        self.peak = max(self.peak, peak)
+        self.increase = max(self.increase, peak - baseline)
+        self.steps += 1
+        return seconds
+
+    def finish(self):
+        """FLOPs and parameters at ``--flop-size`` and the row's memory; frees the model."""
+        import torch
+
+        from nrd_rsp import analysis as A
+
+        row, args, cfg, path = self.row, self.args, self.cfg, self.path
+        self.x = None
+        result = {
+            "key": row.key,
+            "label": row.label,
+            "config": row.config,
+            "opts": " ".join(shlex.quote(o) for o in row.opts),
+            "depth": cfg.MODEL.RESNETS.DEPTH,
+            "peak_memory_mib": self.peak,
+            "memory_increase_mib": self.increase,
+            "peak_memory_kind": self.peak_kind,
+            "uncounted_ops": {},
+        }
+        if args.skip_flops:
+            self.model = self.path = None
+            for key in (
+                "gflops_total gflops_backbone gflops_neck gflops_neck_head gflops_head "
+                "params_total_m params_neck_head_m params_head_m params_train_only_m"
+            ).split():
+                result[key] = None
+            return result
+        t0 = time.perf_counter()
+        x = _normalised_input(self.model, *args.flop_size, self.device)
+        with torch.no_grad():
+            analysis = A.flop_count_analysis(path, x)
+            total = analysis.total()
+        flops = A.component_breakdown(A.module_counts(analysis))
+        params, unused = A.inference_parameter_count(path, analysis)
+        pparts = A.component_breakdown(params)
+        uncounted = {m: dict(ops) for m, ops in A.unsupported_ops_by_module(analysis).items()}
+        logger.info(
+            f"{row.label}: {total / 1e9:.1f} GFLOPs at {args.flop_size} "
+            f"in {time.perf_counter() - t0:.1f}s"
+        )
+        self.model = self.path = None
+        return {
+            **result,
+            "gflops_total": total / 1e9,
+            "gflops_backbone": flops["backbone"] / 1e9,
+            "gflops_neck": flops["neck"] / 1e9,
+            "gflops_neck_head": (flops["neck"] + flops["head"] + flops["other"]) / 1e9,
+            "gflops_head": flops["head"] / 1e9,
+            "params_total_m": params[""] / 1e6,
+            "params_neck_head_m": (pparts["neck"] + pparts["head"] + pparts["other"]) / 1e6,
+            "params_head_m": pparts["head"] / 1e6,
+            "params_train_only_m": unused / 1e6,
+            "uncounted_ops": uncounted,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# One persistent worker process per row
+# --------------------------------------------------------------------------------------------
+def _setup_logging():
+    logging.basicConfig(
+        level=logging.WARNING, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S"
     )
-    device = torch.device(cfg.MODEL.DEVICE)
-    model = A.build_model(cfg)
-    path = A.semantic_path(model).eval()
-    if args.channels_last:
-        path = path.to(memory_format=torch.channels_last)
+    logger.setLevel(logging.INFO)
+    logging.getLogger("nrd_rsp.analysis").setLevel(logging.INFO)
 
-    x = _normalised_input(model, *args.time_size, device)
 
-    def step():
-        with torch.no_grad(), A.autocast(device, args.amp):
-            path(x)
+def _worker_main(conn, key, argv):
+    """Worker process: builds the row, then answers "step" (latency) and "finish" (results)."""
+    _setup_logging()
+    try:
+        import nrd_rsp  # noqa: F401
 
-    baseline = A.reset_peak_memory(device)  # peak over warm-up + timed iterations
-    t0 = time.perf_counter()
-    times = A.time_steps(step, iters=args.iters, warmup=args.warmup, device=device)
-    peak, peak_kind = A.peak_memory(device)
-    logger.info(
-        f"{row.label}: timed {args.iters} iterations at {args.time_size} "
-        f"in {time.perf_counter() - t0:.1f}s"
-    )
-    del x
+        runner = RowRunner(ROWS[key], parse_args(argv))
+        conn.send(("ok", None))
+        while True:
+            command = conn.recv()
+            if command == "step":
+                conn.send(("ok", runner.step()))
+            elif command == "finish":
+                conn.send(("ok", runner.finish()))
+                return
+            else:
+                return
+    except (EOFError, KeyboardInterrupt):
+        return
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
 
-    t0 = time.perf_counter()
-    x = _normalised_input(model, *args.flop_size, device)
-    with torch.no_grad():
-        analysis = A.flop_count_analysis(path, x)
-        total = analysis.total()
-    flops = A.component_breakdown(A.module_counts(analysis))
-    params, unused = A.inference_parameter_count(path, analysis)
-    pparts = A.component_breakdown(params)
-    uncounted = {m: dict(ops) for m, ops in A.unsupported_ops_by_module(analysis).items()}
-    logger.info(
-        f"{row.label}: {total / 1e9:.1f} GFLOPs at {args.flop_size} "
-        f"in {time.perf_counter() - t0:.1f}s"
-    )
-    return {
-        "key": row.key,
-        "label": row.label,
-        "config": row.config,
-        "opts": " ".join(shlex.quote(o) for o in row.opts),
-        "depth": cfg.MODEL.RESNETS.DEPTH,
-        "gflops_total": total / 1e9,
-        "gflops_backbone": flops["backbone"] / 1e9,
-        "gflops_neck": flops["neck"] / 1e9,
-        "gflops_neck_head": (flops["neck"] + flops["head"] + flops["other"]) / 1e9,
-        "gflops_head": flops["head"] / 1e9,
-        "params_total_m": params[""] / 1e6,
-        "params_neck_head_m": (pparts["neck"] + pparts["head"] + pparts["other"]) / 1e6,
-        "params_head_m": pparts["head"] / 1e6,
-        "params_train_only_m": unused / 1e6,
-        **A.latency_stats(times, 1),
-        "peak_memory_mib": peak,
-        "memory_increase_mib": peak - baseline,
-        "peak_memory_kind": peak_kind,
-        "uncounted_ops": uncounted,
-    }
+
+class WorkerRow:
+    """A row measured in its own process, with the interface of :class:`RowRunner`."""
+
+    def __init__(self, row, argv):
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+        self.row = row
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, args=(child, row.key, argv), daemon=True)
+        self.process.start()
+        child.close()
+
+    def _call(self, command=None):
+        if command is not None:
+            self.conn.send(command)
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            status, value = "error", f"worker exited with status {self.process.exitcode}"
+        if status != "ok":
+            raise RuntimeError(f"{self.row.label}: {value}")
+        return value
+
+    def ready(self):
+        return self._call()
+
+    def step(self):
+        return self._call("step")
+
+    def finish(self):
+        try:
+            return self._call("finish")
+        finally:
+            self.close()
+
+    def close(self):
+        self.conn.close()
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
 
 
 # --------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------
-def run_row_subprocess(row, args, argv):
-    """Measure ``row`` in a fresh Python process; returns its result, or None if it failed."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "row.json")
-        cmd = [
-            sys.executable,
-            os.path.abspath(__file__),
-            *argv,
-            "--worker",
-            row.key,
-            "--worker-out",
-            out,
-        ]
-        r = subprocess.run(cmd, cwd=ROOT)
-        if r.returncode != 0 or not os.path.isfile(out):
-            logger.error(f"{row.label} failed (exit status {r.returncode}); see its log above.")
-            return None
-        with open(out) as f:
-            return json.load(f)
+def run_rounds(runners, args):
+    """Interleaved timing of ``{key: runner}`` (runner.step() -> seconds): ``--warmup`` untimed
+    rounds, then ``--iters`` timed rounds; returns ``{key: [seconds per round]}``."""
+    from nrd_rsp.analysis.speed import interleaved_rounds
+
+    t0 = time.perf_counter()
+
+    def progress(r, this_round):
+        logger.info(
+            f"round {r + 1}/{args.iters} ({time.perf_counter() - t0:.0f}s): "
+            + ", ".join(f"{k} {1e3 * t:.0f}" for k, t in this_round.items())
+            + " ms"
+        )
+
+    return interleaved_rounds(
+        {k: r.step for k, r in runners.items()},
+        rounds=args.iters,
+        warmup=args.warmup,
+        on_round=progress,
+    )
+
+
+def _baselines(result):
+    return {
+        "vs_semfpn": SEMFPN_BY_DEPTH.get(result["depth"], SEMFPN_BY_DEPTH[101]),
+        "vs_dlv3p": DLV3P_BY_DEPTH.get(result["depth"], DLV3P_BY_DEPTH[101]),
+        "vs_dlv3_os8": DLV3_OS8,
+    }
+
+
+def add_round_ratios(results, times):
+    """Adds ``latency_ratio_<suffix>_{median,q25,q75}``: the median and quartiles over the
+    rounds of ``latency[r] / baseline latency[r]`` (None when the baseline was not run)."""
+    from nrd_rsp.analysis.speed import ratio_stats
+
+    for r in results:
+        for suffix, base_key in _baselines(r).items():
+            stats = ratio_stats(times[r["key"]], times[base_key]) if base_key in times else {}
+            for q in ("median", "q25", "q75"):
+                r[f"latency_ratio_{suffix}_{q}"] = stats.get(f"ratio_{q}")
+    return results
 
 
 def add_ratios(results):
-    """Adds ``<metric>_vs_dlv3p`` / ``<metric>_vs_dlv3_os8`` (value / baseline value, None when
-    the baseline row was not run) and the baseline keys to every result, in place."""
+    """Adds ``<metric>_<suffix>`` for every suffix of ``RATIO_SUFFIXES`` (value / baseline
+    value, None when the baseline row was not run) and the baseline keys to every result, in
+    place."""
     by_key = {r["key"]: r for r in results}
     for r in results:
-        bases = {
-            "vs_dlv3p": DLV3P_BY_DEPTH.get(r["depth"], DLV3P_BY_DEPTH[101]),
-            "vs_dlv3_os8": DLV3_OS8,
-        }
-        r["baseline_vs_dlv3p"] = bases["vs_dlv3p"]
-        r["baseline_vs_dlv3_os8"] = bases["vs_dlv3_os8"]
+        bases = _baselines(r)
+        for suffix, base_key in bases.items():
+            r[f"baseline_{suffix}"] = base_key
         for suffix, base_key in bases.items():
             base = by_key.get(base_key)
             for metric, _, _ in METRICS:
                 value = None
-                if base is not None and base[metric]:
+                if base is not None and base[metric] and r[metric] is not None:
                     value = r[metric] / base[metric]
                 r[f"{metric}_{suffix}"] = value
     return results
+
+
+def _latency_stats(times):
+    from nrd_rsp.analysis import latency_stats
+
+    return latency_stats(times, 1)
 
 
 def _fmt(value, fmt="{:.2f}"):
@@ -373,10 +531,17 @@ def write_csv(path, results):
     columns = ["key", "label", "config", "opts", "depth", "gflops_backbone", "gflops_neck"]
     columns += [m for m, _, _ in METRICS] + [
         "params_train_only_m",
+        "latency_ms_q25",
+        "latency_ms_q75",
+        "latency_ms_iqr",
+        "rounds",
         "iters_per_s",
         "peak_memory_kind",
     ]
-    columns += ["baseline_vs_dlv3p", "baseline_vs_dlv3_os8"]
+    columns += [f"baseline_{s}" for s, _ in RATIO_SUFFIXES]
+    columns += [
+        f"latency_ratio_{s}_{q}" for s, _ in RATIO_SUFFIXES for q in ("median", "q25", "q75")
+    ]
     columns += [f"{m}_{s}" for s, _ in RATIO_SUFFIXES for m, _, _ in METRICS]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -464,42 +629,57 @@ def write_markdown(path, results, skipped, env, args, argv):
             "`python benchmarks/decoders.py --device cuda` (FLOPs and timing at 1024x2048)."
         )
         lines.append(
-            f"* CPU load average (1 min) when the run started: {env['load_average']:.1f} on "
-            f"{env['cpu_count']} cores; other processes share the machine, "
-            "so CPU latencies are indicative."
+            f"* CPU load average (1 min) when the run started: {env['load_average']:.1f}"
+            + (
+                f", when the measurements ended: {env['load_average_end']:.1f}"
+                if "load_average_end" in env
+                else ""
+            )
+            + f", on {env['cpu_count']} cores; other processes share the machine, so absolute "
+            "CPU latencies are indicative; the per-round ratios are the numbers to compare."
         )
     if args.note:
         lines.append(f"* Note: {args.note}")
     lines += [
-        f"* FLOPs and parameters: {args.flop_size[0]}x{args.flop_size[1]} input, "
-        f"{NUM_CLASSES} classes, "
-        "batch 1, inference mode.",
+        (
+            "* FLOPs and parameters: not counted (`--skip-flops`)."
+            if args.skip_flops
+            else f"* FLOPs and parameters: {args.flop_size[0]}x{args.flop_size[1]} input, "
+            f"{NUM_CLASSES} classes, batch 1, inference mode."
+        ),
         f"* Timing: {args.time_size[0]}x{args.time_size[1]} input"
         + (
             ""
             if args.time_size == args.flop_size
             else " (reduced size: FLOPs above are at the full size)"
         )
-        + f", batch 1, {args.warmup} warm-up + {args.iters} timed iterations, "
-        "device synchronised around "
-        f"each; AMP {args.amp}, channels-last {args.channels_last}"
+        + f", batch 1, AMP {args.amp}, channels-last {args.channels_last}"
         + (f", {args.threads} CPU thread(s)" if args.threads and not cuda else "")
-        + ".",
-        "* Images/s = 1 / median latency (batch 1).",
-        "* Peak memory: "
+        + f"; {args.warmup} warm-up + {args.iters} timed rounds, **interleaved**: all rows' models "
+        "stay alive ("
+        + ("in one process" if args.in_process else "one persistent worker process per row")
+        + ") and each round runs one inference of every row, round robin, the starting row "
+        "rotating from round to round; the device is synchronised around each inference.",
+        "* Latency median, p90 and IQR (interquartile range q25-q75) are over the rounds. "
+        "**Per-round ratios** (below) divide a row's latency by its baseline's latency of the "
+        "same round, then take the median and IQR over the rounds: a change of load between "
+        "rounds hits both sides of each ratio. Images/s = 1 / median latency (batch 1).",
+        "* Peak memory: the maximum over the row's warm-up and timed inferences, each measured "
+        "from a reset just before it: "
         + (
-            "`torch.cuda.max_memory_allocated` over warm-up and timed iterations "
-            "(weights included); "
+            "`torch.cuda.max_memory_allocated` (weights included); "
             if cuda
-            else "peak RSS of the process over the row's warm-up and timed iterations "
-            "(`resource.ru_maxrss`, reset before them via `/proc/self/clear_refs`; "
-            "includes Python, libraries "
-            "and weights; "
-            + ("rows measured in one process" if args.in_process else "one process per row")
-            + "); "
+            else "peak RSS of the process (`resource.ru_maxrss`, reset via "
+            "`/proc/self/clear_refs`; includes Python, libraries and weights); "
         )
-        + "memory increase = peak minus the memory in use before the first iteration (activations "
-        "and workspace).",
+        + (
+            "all rows share one process (`--in-process`), so the peak includes the other rows' "
+            "models; "
+            if args.in_process
+            else "one worker process per row, so the peak is the row's own; "
+        )
+        + "memory increase = the largest rise over the memory in use before an inference "
+        "(activations and workspace).",
         "",
         "## What is measured",
         "",
@@ -520,8 +700,10 @@ def write_markdown(path, results, skipped, env, args, argv):
         "not counted (Detectron2's `FlopCountAnalysis` handles).",
         "* **Params**: parameters of the modules that run at inference; training-only modules "
         "(NRD's auxiliary FCN head) are excluded and listed below.",
-        "* **Ratios** are value / baseline value: DeepLabV3+ OS16 of the same depth (R-50 rows vs "
-        "DeepLabV3+ R-50, R-101 rows vs DeepLabV3+ R-101) and DeepLabV3 R-101 OS8.",
+        "* **Ratios** are value / baseline value: Semantic FPN and DeepLabV3+ OS16 of the same "
+        "depth (R-50 rows vs R-50, R-101 rows vs R-101) and DeepLabV3 R-101 OS8. The latency "
+        "ratios to trust on a shared machine are the per-round ones; the ratio tables divide "
+        "medians.",
         "",
         "## Results",
         "",
@@ -533,6 +715,32 @@ def write_markdown(path, results, skipped, env, args, argv):
         lines.append(
             "| " + " | ".join([r["label"]] + [_fmt(r[m], f) for m, _, f in METRICS]) + " |"
         )
+    lines += [
+        "",
+        "### Latency ratios per round",
+        "",
+        "Median (q25-q75) over the rounds of row latency / baseline latency in the same round.",
+        "",
+        "| Model | Latency median (ms) | Latency IQR (ms) | "
+        + " | ".join(f"vs {title}" for _, title in RATIO_SUFFIXES)
+        + " |",
+        "|:---|---:|---:|" + "---:|" * len(RATIO_SUFFIXES),
+    ]
+    for r in results:
+        cells = [
+            r["label"],
+            _fmt(r["latency_ms_median"], "{:.1f}"),
+            _fmt(r["latency_ms_iqr"], "{:.1f}"),
+        ]
+        for suffix, _ in RATIO_SUFFIXES:
+            median = r.get(f"latency_ratio_{suffix}_median")
+            cells.append(
+                "n/a"
+                if median is None
+                else f"{median:.2f} ({r[f'latency_ratio_{suffix}_q25']:.2f}-"
+                f"{r[f'latency_ratio_{suffix}_q75']:.2f})"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
     for suffix, title in RATIO_SUFFIXES:
         lines += ["", f"### Ratios vs {title}", ""]
         lines.append("| Model | Baseline | " + " | ".join(h for _, h, _ in METRICS) + " |")
@@ -552,8 +760,9 @@ def write_markdown(path, results, skipped, env, args, argv):
     for r in results:
         config = f"`{r['config']}`" + (f" `{r['opts']}`" if r["opts"] else "")
         lines.append(
-            f"| {r['label']} | {config} | {r['gflops_backbone']:.1f} | {r['gflops_neck']:.1f} | "
-            f"{r['params_train_only_m']:.2f} | {ROWS[r['key']].note} |"
+            f"| {r['label']} | {config} | {_fmt(r['gflops_backbone'], '{:.1f}')} | "
+            f"{_fmt(r['gflops_neck'], '{:.1f}')} | "
+            f"{_fmt(r['params_train_only_m'])} | {ROWS[r['key']].note} |"
         )
     uncounted = {r["label"]: r["uncounted_ops"] for r in results if r["uncounted_ops"]}
     lines += [
@@ -571,7 +780,8 @@ def write_markdown(path, results, skipped, env, args, argv):
     if skipped:
         lines += ["", "## Rows not measured", ""]
         lines += [f"* {ROWS[k].label} (`{ROWS[k].config}`): {why}" for k, why in skipped]
-    lines += ["", "![GFLOPs against latency](decoders.png)", ""]
+    if not args.skip_flops:
+        lines += ["", "![GFLOPs against latency](decoders.png)", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
 
@@ -579,6 +789,22 @@ def write_markdown(path, results, skipped, env, args, argv):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.render:  # tables and plot again from the raw results of an earlier run
+        with open(os.path.join(args.output_dir, "decoders.json")) as f:
+            raw = json.load(f)
+        _setup_logging()
+        argv = raw["argv"]
+        run_args = parse_args(argv)
+        run_args.note = args.note or run_args.note  # a note may be added when rendering
+        write_outputs(
+            raw["results"],
+            raw["latency_s_rounds"],
+            [tuple(s) for s in raw["skipped"]],
+            raw["env"],
+            run_args,
+            argv,
+        )
+        return 0
     keys = (
         list(ROWS) if args.rows == "all" else [k.strip() for k in args.rows.split(",") if k.strip()]
     )
@@ -586,55 +812,85 @@ def main(argv=None):
     if unknown:
         print(f"ERROR: unknown rows {unknown}; choose from {', '.join(ROWS)}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.WARNING, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S"
-    )
-    logger.setLevel(logging.INFO)
-    logging.getLogger("nrd_rsp.analysis").setLevel(logging.INFO)
+    _setup_logging()
     import nrd_rsp  # noqa: F401  (registers our heads and meta-architectures)
-
-    if args.worker:
-        res = measure_row(ROWS[args.worker], args)
-        with open(args.worker_out, "w") as f:
-            json.dump(res, f)
-        return 0
-
     from nrd_rsp.analysis import autocast, resolve_device
     from nrd_rsp.errors import ConfigError
 
     try:  # fail before measuring anything
         autocast(resolve_device(args.device), args.amp)
+        if args.iters < 1 or args.warmup < 0:
+            raise ConfigError(
+                f"Need --iters >= 1 and --warmup >= 0, got {args.iters}, {args.warmup}."
+            )
     except ConfigError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
     env = environment(args)
-    results, skipped = [], []
-    for i, key in enumerate(keys, 1):
+    skipped, runners = [], OrderedDict()
+    for key in keys:
         row = ROWS[key]
         if not os.path.isfile(os.path.join(ROOT, row.config)):
-            logger.warning(
-                f"[{i}/{len(keys)}] {row.label}: config {row.config} does not exist, skipped"
-            )
+            logger.warning(f"{row.label}: config {row.config} does not exist, skipped")
             skipped.append((key, "config file missing"))
             continue
-        logger.info(f"[{i}/{len(keys)}] {row.label} ({row.config})")
-        if args.in_process:
-            res = measure_row(row, args)
-            gc.collect()
-        else:
-            res = run_row_subprocess(row, args, argv)
-        if res is None:
-            skipped.append((key, "measurement failed (see the log of the run)"))
-            continue
-        res["device"] = env["device"]
-        results.append(res)
+        runners[key] = RowRunner(row, args) if args.in_process else WorkerRow(row, argv)
+    if not args.in_process:  # the workers build their models in parallel
+        for key in list(runners):
+            try:
+                runners[key].ready()
+            except RuntimeError as e:
+                logger.error(f"{e}")
+                runners.pop(key).close()
+                skipped.append((key, "building the model failed (see the log of the run)"))
+    logger.info(
+        f"{len(runners)} rows alive; {args.warmup} warm-up + {args.iters} timed rounds at "
+        f"{args.time_size[0]}x{args.time_size[1]}"
+    )
+    try:
+        times = run_rounds(runners, args)
+        results = []
+        for key, runner in runners.items():  # FLOPs and parameters, one row at a time
+            res = runner.finish()
+            res.update(_latency_stats(times[key]))
+            res["rounds"] = len(times[key])
+            res["device"] = env["device"]
+            results.append(res)
+    finally:
+        for runner in runners.values():
+            if isinstance(runner, WorkerRow):
+                runner.close()
+    if hasattr(os, "getloadavg"):
+        env["load_average_end"] = os.getloadavg()[0]
+    add_round_ratios(results, times)
+    add_ratios(results)
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "decoders.json"), "w") as f:
+        json.dump(
+            {
+                "argv": argv,
+                "env": env,
+                "skipped": skipped,
+                "latency_s_rounds": times,
+                "results": results,
+            },
+            f,
+            indent=1,
+        )
+    write_outputs(results, times, skipped, env, args, argv)
+    return 0
+
+
+def write_outputs(results, times, skipped, env, args, argv):
+    add_round_ratios(results, times)
     add_ratios(results)
     os.makedirs(args.output_dir, exist_ok=True)
     write_csv(os.path.join(args.output_dir, "decoders.csv"), results)
-    write_plot(os.path.join(args.output_dir, "decoders.png"), results, args)
+    if not args.skip_flops:
+        write_plot(os.path.join(args.output_dir, "decoders.png"), results, args)
     write_markdown(os.path.join(args.output_dir, "decoders.md"), results, skipped, env, args, argv)
-    logger.info(f"Wrote decoders.md, decoders.csv and decoders.png to {args.output_dir}")
-    return 0
+    written = "decoders.md, decoders.csv" + ("" if args.skip_flops else ", decoders.png")
+    logger.info(f"Wrote {written} and decoders.json (raw results) to {args.output_dir}")
 
 
 if __name__ == "__main__":

@@ -4,13 +4,17 @@
     python demo/demo.py --config-file configs/Toy/rsp_panoptic_fpn_R_18_toy.yaml \\
         --input "datasets/toy/*/val/images/*.png" --output vis/ MODEL.WEIGHTS model_final.pth
     python demo/demo.py --config-file CFG --video-input clip.mp4 --output vis/ MODEL.WEIGHTS ...
+    python demo/demo.py --config-file CFG --onnx export/model.onnx --input img.png --output vis/
 
 ``--input`` takes files and glob patterns (quote them to let the demo expand them); each image
 is written as ``OUTPUT/<name>.png``, the prediction drawn over the input at the input's size.
 ``--video-input`` writes ``OUTPUT/<name>.mp4`` (same size and frame rate). ``KEY VALUE`` config
 overrides may follow the inputs. ``--confidence-threshold`` sets the minimum score of drawn
 instances and of the instances Panoptic FPN combines into the panoptic output; semantic
-models draw every pixel's top class.
+models draw every pixel's top class. ``--onnx FILE`` draws from a model exported by
+``tools/export_model.py`` (its ``export_info.json`` next to it) run by onnxruntime instead of
+``MODEL.WEIGHTS``; the config then only gives the class names and the test resizing (the
+detector's own score threshold is the one baked in at export).
 """
 
 import argparse
@@ -31,6 +35,7 @@ import nrd_rsp  # noqa: F401  (registers datasets, heads and meta-architectures)
 from nrd_rsp import add_nrd_rsp_config
 from nrd_rsp.engine import check_weights_file, load_model_for_eval, setup_cfg
 from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
+from nrd_rsp.export import ExportedModel
 from nrd_rsp.predictor import Predictor, draw_predictions
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -49,6 +54,9 @@ def build_parser():
         help="where to write (default: %(default)s)",
     )
     p.add_argument("--confidence-threshold", type=float, default=0.5, metavar="T")
+    p.add_argument(
+        "--onnx", metavar="FILE", help="draw from this exported model.onnx (onnxruntime, CPU)"
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
     return p
 
@@ -104,7 +112,12 @@ def setup(args):
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = args.confidence_threshold
     cfg.OUTPUT_DIR = args.output  # the checkpointer creates OUTPUT_DIR: not the training one
-    check_weights_file(cfg, eval_only=True)
+    if args.onnx:
+        if not args.onnx.endswith(".onnx") or not os.path.isfile(args.onnx):
+            raise ConfigError(f"--onnx needs an existing .onnx file, got '{args.onnx}'.")
+        cfg.MODEL.DEVICE = "cpu"
+    else:
+        check_weights_file(cfg, eval_only=True)
     cfg.freeze()
     return cfg
 
@@ -117,13 +130,20 @@ class DemoVisualizer:
         cfg: frozen config; metadata (class names, colours) come from ``DATASETS.TEST[0]``.
         confidence_threshold: instances scoring below it are not drawn (panoptic segments are
             already filtered by the model with the same threshold, see :func:`setup`).
+        onnx: an exported ``model.onnx`` to run instead of the config's model.
     """
 
-    def __init__(self, cfg, confidence_threshold: float = 0.5):
+    def __init__(self, cfg, confidence_threshold: float = 0.5, onnx: str = None):
         self.metadata = MetadataCatalog.get(
             cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
         )
-        self.predictor = Predictor(cfg, load_model_for_eval(cfg))
+        if onnx:
+            model = ExportedModel(onnx)
+            if "combine" in model.info:  # the panoptic combination runs outside the graph
+                model.info["combine"]["instances_score_thresh"] = confidence_threshold
+        else:
+            model = load_model_for_eval(cfg)
+        self.predictor = Predictor(cfg, model)
         self.confidence_threshold = confidence_threshold
         self._video = None
 
@@ -219,7 +239,7 @@ def main(argv=None):
         raise ConfigError(f"Video not found: '{args.video_input}'.")
     cfg = setup(args)
     os.makedirs(args.output, exist_ok=True)
-    demo = DemoVisualizer(cfg, confidence_threshold=args.confidence_threshold)
+    demo = DemoVisualizer(cfg, confidence_threshold=args.confidence_threshold, onnx=args.onnx)
     written = (
         run_on_images(demo, paths, args.output)
         if paths

@@ -12,7 +12,7 @@ PACKAGE = os.path.join(ROOT, "projects", "nrd_rsp")
 LAYERS = [
     {"errors", "config", "training_health"},
     {"data", "modeling", "checkpoint", "evaluation", "panoptic_evaluation", "solver"},
-    {"engine", "predictor", "model_zoo", "analysis"},
+    {"engine", "predictor", "model_zoo", "analysis", "export"},
 ]
 
 

@@ -1,7 +1,10 @@
-"""tools/benchmark.py (inference and training speed, memory) and a smoke run of
-benchmarks/decoders.py (tables, CSV, plot, ratio columns)."""
+"""tools/benchmark.py (inference and training speed, memory), interleaved rounds and per-round
+ratios (nrd_rsp.analysis.speed, decoders.py's scheduling), a smoke run of benchmarks/decoders.py
+(tables, CSV, plot, ratio columns) and the dry run of benchmarks/gpu_check.sh."""
 
+import argparse
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +18,17 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import benchmark  # noqa: E402
 
 from nrd_rsp import analysis as A  # noqa: E402
+from nrd_rsp.analysis import speed  # noqa: E402
+
+
+def _decoders_module():
+    spec = importlib.util.spec_from_file_location(
+        "decoders_bench", os.path.join(ROOT, "benchmarks", "decoders.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 FIELDS = ("latency_ms_median", "latency_ms_p90", "iters_per_s", "images_per_s", "peak_memory_mib")
 
@@ -103,6 +117,154 @@ def test_time_steps_and_stats():
     assert stats["images_per_s"] == pytest.approx(8.0)
 
 
+class _FakeClock:
+    """Steps that take ``cost * load[round]`` seconds on a fake clock and record their order."""
+
+    def __init__(self, costs, load):
+        self.costs, self.load, self.order, self.calls = costs, load, [], 0
+
+    def step(self, key):
+        def run():
+            r = self.calls // len(self.costs)  # the round this call belongs to
+            self.calls += 1
+            self.order.append(key)
+            return self.costs[key] * self.load[r]
+
+        return run
+
+
+def test_interleaved_rounds_run_every_step_once_per_round_in_rotating_order():
+    clock = _FakeClock({"a": 1.0, "b": 1.5, "c": 2.0}, load=[1, 1, 3, 1, 5, 1])
+    seen = []
+    times = speed.interleaved_rounds(
+        {k: clock.step(k) for k in "abc"},
+        rounds=4,
+        warmup=2,
+        on_round=lambda r, t: seen.append((r, list(t))),
+    )
+    # 2 warm-up rounds then 4 timed ones, each running a, b, c once; round r (warm-up rounds
+    # being -2 and -1) starts at key r mod 3.
+    assert clock.order == list("bcacababcbcacababc")
+    assert seen == [(0, list("abc")), (1, list("bca")), (2, list("cab")), (3, list("abc"))]
+    assert times == {"a": [3.0, 1.0, 5.0, 1.0], "b": [4.5, 1.5, 7.5, 1.5], "c": [6, 2, 10, 2]}
+    # Per-round ratios cancel the load of each round: exactly 1.5 with no spread, although the
+    # latencies themselves vary five-fold.
+    stats = speed.ratio_stats(times["b"], times["a"])
+    assert stats["ratio_median"] == pytest.approx(1.5) and stats["ratio_iqr"] == pytest.approx(0)
+    assert stats["rounds"] == 4
+    assert speed.round_ratios([2.0, 9.0], [1.0, 3.0]) == [2.0, 3.0]
+    with pytest.raises(ValueError):
+        speed.round_ratios([1.0], [1.0, 2.0])
+    assert speed.quartiles([1, 2, 3, 4, 5]) == (2.0, 3.0, 4.0)
+    no_rotation = _FakeClock({"a": 1.0, "b": 1.0}, load=[1, 1])
+    speed.interleaved_rounds({k: no_rotation.step(k) for k in "ab"}, rounds=2, rotate=False)
+    assert no_rotation.order == list("abab")
+
+
+def test_ratio_stats_take_median_and_iqr_of_per_round_ratios():
+    base = [1.0, 1.0, 1.0, 1.0, 1.0]
+    other = [1.1, 1.2, 1.3, 1.4, 10.0]  # one disturbed round does not move the median
+    stats = speed.ratio_stats(other, base)
+    assert stats["ratio_median"] == pytest.approx(1.3)
+    assert (stats["ratio_q25"], stats["ratio_q75"]) == (pytest.approx(1.2), pytest.approx(1.4))
+    assert stats["ratio_iqr"] == pytest.approx(0.2)
+    lat = A.latency_stats([0.1, 0.2, 0.3, 0.4, 0.5], batch_size=1)
+    assert lat["latency_ms_q25"] == pytest.approx(200) and lat["latency_ms_q75"] == pytest.approx(
+        400
+    )
+    assert lat["latency_ms_iqr"] == pytest.approx(200)
+
+
+def test_decoders_rows_are_timed_round_robin_with_per_round_ratios():
+    dec = _decoders_module()
+    clock = _FakeClock({"semfpn_r50": 1.0, "rsp_r50": 1.2, "nrd_r50": 1.5}, load=[1, 4, 1, 2, 1, 1])
+
+    class FakeRunner:
+        def __init__(self, key):
+            self.step = clock.step(key)
+
+    keys = ["semfpn_r50", "rsp_r50", "nrd_r50"]
+    args = argparse.Namespace(iters=5, warmup=1)
+    times = dec.run_rounds({k: FakeRunner(k) for k in keys}, args)
+    assert len(clock.order) == 6 * 3
+    for r in range(6):  # every round runs every row exactly once
+        assert sorted(clock.order[3 * r : 3 * r + 3]) == sorted(keys)
+    assert clock.order[3:6] == keys  # first timed round starts at the first row
+    results = [{"key": k, "depth": 50} for k in keys]
+    dec.add_round_ratios(results, times)
+    by_key = {r["key"]: r for r in results}
+    assert by_key["rsp_r50"]["latency_ratio_vs_semfpn_median"] == pytest.approx(1.2)
+    assert by_key["nrd_r50"]["latency_ratio_vs_semfpn_q25"] == pytest.approx(1.5)
+    assert by_key["nrd_r50"]["latency_ratio_vs_semfpn_q75"] == pytest.approx(1.5)
+    assert by_key["semfpn_r50"]["latency_ratio_vs_semfpn_median"] == pytest.approx(1.0)
+    assert by_key["nrd_r50"]["latency_ratio_vs_dlv3p_median"] is None  # baseline not run
+
+
+def test_benchmark_interleaves_several_configs(capsys, tmp_path):
+    out_json = tmp_path / "bench.json"
+    configs = ["configs/Toy/semantic_fpn_R_18_toy.yaml", "configs/Toy/rsp_R_18_toy.yaml"]
+    rc, out, err = _main(
+        [
+            *(a for c in configs for a in ("--config-file", c)),
+            "--iters",
+            "3",
+            "--warmup",
+            "0",
+            "--input-size",
+            "32",
+            "64",
+            "--threads",
+            "1",
+            "--json",
+            str(out_json),
+        ],
+        capsys,
+    )
+    assert rc == 0, err[-3000:]
+    results = json.loads(out_json.read_text())["results"]
+    assert [r["config_file"] for r in results] == configs
+    base, rsp = results
+    for r in results:
+        assert len(r["latency_ms_rounds"]) == 3 and r["rounds"] == 3
+        assert r["latency_ms_median"] == pytest.approx(sorted(r["latency_ms_rounds"])[1])
+        assert r["latency_ms_q25"] <= r["latency_ms_median"] <= r["latency_ms_q75"]
+        assert r["own_memory_mib"] > 0 and r["baseline_config_file"] == configs[0]
+    ratios = [a / b for a, b in zip(rsp["latency_ms_rounds"], base["latency_ms_rounds"])]
+    assert rsp["latency_ratio_median_vs_baseline"] == pytest.approx(sorted(ratios)[1])
+    assert base["latency_ratio_median_vs_baseline"] == pytest.approx(1.0)
+    assert out.count("latency_ms_median: ") == 2 and "latency_ratio_vs_baseline: " in out
+
+
+def test_gpu_check_dry_run_writes_its_summary(tmp_path):
+    config = "configs/Cityscapes-SemanticSegmentation/semantic_fpn_R_50_90k_bs16.yaml"
+    env = dict(os.environ, GPU_CHECK_CONFIGS=config, PYTHON=sys.executable)
+    r = subprocess.run(
+        ["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), "--dry-run"],
+        cwd=ROOT,
+        env=dict(env, OUT=str(tmp_path)),  # the output folder of the device tool
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    md = (tmp_path / "summary.md").read_text()
+    assert "dry run" in md and f"torch {torch.__version__}" in md and "Device: CPU" in md
+    steps = [line.split("\t") for line in (tmp_path / "steps.tsv").read_text().splitlines()]
+    assert [s[:2] for s in steps] == [
+        ["decoders_fp32", "0"],
+        ["decoders_bf16", "0"],
+        ["train_Cityscapes-SemanticSegmentation", "0"],
+    ]
+    assert "--amp bf16" in steps[1][3] and "--task train --amp bf16" in steps[2][3]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if "|" in line}
+    for label in ("Semantic FPN R-50", "NRD R-50"):  # fp32 and bf16 latency, ratio and memory
+        cells = rows[label].strip("| ").split(" | ")
+        assert len(cells) == 8 and "n/a" not in cells[2:], cells
+    assert rows["Semantic FPN R-50"].split(" | ")[3] == "1.00 (1.00-1.00)"
+    train = rows[f"`{config}`"].strip("| ").split(" | ")
+    assert train[1] == "2 x 64 x 128" and float(train[4]) > 0 and float(train[5]) > 0
+
+
 def test_fp16_on_cpu_is_a_clear_error(capsys):
     rc, _, err = _main(
         ["--config-file", "configs/Toy/rsp_R_18_toy.yaml", "--amp", "fp16", "--device", "cpu"],
@@ -157,6 +319,8 @@ def test_decoders_benchmark_smoke(tmp_path):
             "--in-process",
             "--threads",
             "1",
+            "--iters",
+            "2",
             "--rows",
             ",".join(rows),
             "--output-dir",
@@ -216,6 +380,20 @@ def test_decoders_benchmark_smoke(tmp_path):
     assert float(table["dlv3p_r50_os16"]["params_train_only_m"]) == 0
     # The ratio tables in the markdown show the same numbers.
     assert f"| NRD R-50 | DeepLabV3+ R-50 OS16 | {float(nrd['gflops_total_vs_dlv3p']):.2f} |" in md
+    # Per-round latency ratios: median and quartiles of row[r] / baseline[r] over the rounds.
+    raw = json.loads((tmp_path / "decoders.json").read_text())
+    per_round = raw["latency_s_rounds"]
+    assert all(len(v) == 2 for v in per_round.values())
+    ratios = [a / b for a, b in zip(per_round["nrd_r50"], per_round["dlv3p_r50_os16"])]
+    assert float(nrd["latency_ratio_vs_dlv3p_median"]) == pytest.approx(sum(ratios) / 2)
+    assert float(nrd["latency_ratio_vs_dlv3p_q25"]) == pytest.approx(
+        min(ratios) + 0.25 * abs(ratios[1] - ratios[0])
+    )
+    assert "interleaved" in md and "### Latency ratios per round" in md
+    # --render writes the same tables again from decoders.json, measuring nothing.
+    (tmp_path / "decoders.md").unlink()
+    assert _decoders_module().main(["--render", "--output-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "decoders.md").read_text() == md
 
 
 def test_decoders_benchmark_rejects_unknown_rows(tmp_path):

@@ -158,8 +158,15 @@ def test_cli_onnx_export_with_weights(tmp_path, capsys):
     "argv, message",
     [
         (
-            ["--config-file", f"{ROOT}/configs/Toy/panoptic_fpn_R_18_toy.yaml", "--format", "onnx"],
-            "Only semantic",
+            [
+                "--config-file",
+                f"{ROOT}/configs/Toy/panoptic_fpn_R_18_toy.yaml",
+                "--format",
+                "onnx",
+                "MODEL.META_ARCHITECTURE",
+                "GeneralizedRCNN",
+            ],
+            "GeneralizedRCNN is not exportable",
         ),
         (
             ["--config-file", f"{ROOT}/configs/Toy/nope.yaml", "--format", "onnx"],

@@ -156,6 +156,12 @@ def _add_solver_and_test_config(cfg):
     cfg.TEST.NUM_VIS_IMAGES = 0
     # Semantic test-time augmentation (multi-scale + flip) uses Detectron2's own
     # TEST.AUG.{ENABLED, MIN_SIZES, MAX_SIZE, FLIP}; see nrd_rsp.modeling.test_time_augmentation.
+    # COCO panoptic evaluation (nrd_rsp.panoptic_evaluation): PQ from "panopticapi" (Detectron2's
+    # default) or "hotcoco" (same results, benchmarks/results/panoptic_eval.md); WORKERS caps
+    # panopticapi's process pool (0: one process per core, as panopticapi does).
+    cfg.TEST.PANOPTIC_EVAL = CN()
+    cfg.TEST.PANOPTIC_EVAL.BACKEND = "panopticapi"
+    cfg.TEST.PANOPTIC_EVAL.WORKERS = 0
 
 
 def _add_reliability_config(cfg):

@@ -1,5 +1,11 @@
-"""Timing and memory: synchronised step timing, latency statistics, autocast, peak memory
-(CUDA allocator or the process's peak RSS) and a description of the device."""
+"""Timing and memory: synchronised step timing, interleaved rounds and per-round ratios,
+latency statistics, autocast, peak memory (CUDA allocator or the process's peak RSS) and a
+description of the device.
+
+On a shared machine the load changes over minutes, so latencies measured one model after the
+other are not comparable. :func:`interleaved_rounds` runs every model once per round (round
+robin, the starting model rotating from round to round); :func:`ratio_stats` then compares two
+models round by round, so that a slow round slows both sides of each ratio."""
 
 import contextlib
 import os
@@ -7,7 +13,7 @@ import platform
 import resource
 import sys
 import time
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -18,11 +24,16 @@ __all__ = [
     "autocast",
     "current_rss_mib",
     "device_description",
+    "interleaved_rounds",
     "latency_stats",
     "peak_memory",
+    "quartiles",
+    "ratio_stats",
     "reset_peak_memory",
+    "round_ratios",
     "synchronize",
     "time_steps",
+    "timed",
 ]
 
 
@@ -56,22 +67,93 @@ def time_steps(
         raise ConfigError(f"Need --iters >= 1 and --warmup >= 0, got {iters} and {warmup}.")
     for _ in range(warmup):
         step()
-    times = []
-    for _ in range(iters):
+    run = timed(step, device)
+    return [run() for _ in range(iters)]
+
+
+def timed(step: Callable[[], None], device: torch.device) -> Callable[[], float]:
+    """``step`` as a timed step: synchronises the device before and after it, returns seconds."""
+
+    def run() -> float:
         synchronize(device)
         start = time.perf_counter()
         step()
         synchronize(device)
-        times.append(time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    return run
+
+
+def interleaved_rounds(
+    timed_steps: Mapping[str, Callable[[], float]],
+    rounds: int,
+    warmup: int = 0,
+    rotate: bool = True,
+    on_round: Optional[Callable[[int, Dict[str, float]], None]] = None,
+) -> Dict[str, List[float]]:
+    """Time several steps in interleaved rounds; returns ``{key: [seconds of round 0, ...]}``.
+
+    ``timed_steps`` maps a key to a callable that runs one step and returns its latency in
+    seconds (:func:`timed`, or a step timed elsewhere, e.g. in a worker process). ``warmup``
+    untimed rounds come first. Each round runs every step once, in the mapping's order rotated
+    by the round's index when ``rotate`` (round r starts at key r mod n), so that no step always
+    follows the same one. ``on_round(r, {key: seconds})`` is called after each timed round.
+    """
+    if rounds < 1 or warmup < 0:
+        raise ConfigError(
+            f"Need >= 1 timed rounds and >= 0 warm-up rounds, got {rounds}, {warmup}."
+        )
+    keys = list(timed_steps)
+    times: Dict[str, List[float]] = {k: [] for k in keys}
+    for r in range(-warmup, rounds):
+        shift = r % len(keys) if rotate and keys else 0
+        this_round = {}
+        for key in keys[shift:] + keys[:shift]:
+            this_round[key] = float(timed_steps[key]())
+        if r >= 0:
+            for key, t in this_round.items():
+                times[key].append(t)
+            if on_round is not None:
+                on_round(r, this_round)
     return times
 
 
+def quartiles(values: Sequence[float]) -> Tuple[float, float, float]:
+    """(25th percentile, median, 75th percentile), numpy's linear interpolation."""
+    q25, q50, q75 = np.percentile(np.asarray(values, dtype=float), [25, 50, 75])
+    return float(q25), float(q50), float(q75)
+
+
+def round_ratios(times: Sequence[float], baseline_times: Sequence[float]) -> List[float]:
+    """Per-round ratios ``times[r] / baseline_times[r]`` of two interleaved measurements."""
+    if len(times) != len(baseline_times):
+        raise ValueError(f"Rounds differ: {len(times)} against {len(baseline_times)}.")
+    return [t / b for t, b in zip(times, baseline_times)]
+
+
+def ratio_stats(times: Sequence[float], baseline_times: Sequence[float]) -> Dict[str, float]:
+    """Median and interquartile range of the per-round ratios (:func:`round_ratios`):
+    ``ratio_median``, ``ratio_q25``, ``ratio_q75``, ``ratio_iqr`` (q75 - q25), ``rounds``."""
+    q25, median, q75 = quartiles(round_ratios(times, baseline_times))
+    return {
+        "ratio_median": median,
+        "ratio_q25": q25,
+        "ratio_q75": q75,
+        "ratio_iqr": q75 - q25,
+        "rounds": len(times),
+    }
+
+
 def latency_stats(times: Sequence[float], batch_size: int) -> Dict[str, float]:
-    """Median / p90 latency (ms), iterations/s and images/s from the median latency."""
-    median = float(np.median(times))
+    """Median / p90 latency (ms), the quartiles and interquartile range (ms), iterations/s and
+    images/s from the median latency."""
+    q25, median, q75 = quartiles(times)
     return {
         "latency_ms_median": median * 1e3,
         "latency_ms_p90": float(np.percentile(times, 90)) * 1e3,
+        "latency_ms_q25": q25 * 1e3,
+        "latency_ms_q75": q75 * 1e3,
+        "latency_ms_iqr": (q75 - q25) * 1e3,
         "iters_per_s": 1.0 / median,
         "images_per_s": batch_size / median,
     }

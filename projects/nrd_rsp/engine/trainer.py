@@ -18,7 +18,6 @@ from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import (
     COCOEvaluator,
-    COCOPanopticEvaluator,
     DatasetEvaluators,
     SemSegEvaluator,
     verify_results,
@@ -31,6 +30,7 @@ from ..data.resumable_loader import build_resumable_train_loader
 from ..errors import ConfigError
 from ..evaluation import CityscapesScriptsEvaluator
 from ..modeling.test_time_augmentation import build_tta_model
+from ..panoptic_evaluation import build_panoptic_evaluator
 from ..solver import build_lr_scheduler as build_poly_lr_scheduler
 from ..training_health import TrainingHealth
 from .config_checks import check_weights_file
@@ -149,7 +149,7 @@ class Trainer(DefaultTrainer):
             evaluators = [CityscapesScriptsEvaluator(dataset_name), sem_seg()]
         elif evaluator_type == "coco_panoptic_seg":
             evaluators = [
-                COCOPanopticEvaluator(dataset_name, output_folder),
+                build_panoptic_evaluator(cfg, dataset_name, output_folder),
                 COCOEvaluator(dataset_name, output_dir=output_folder),
                 sem_seg(),
             ]

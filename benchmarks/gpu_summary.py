@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""Summary table of ``benchmarks/gpu_check.sh``: reads what the check wrote to ``--output-dir``
+(``decoders_fp32/decoders.json``, ``decoders_bf16/decoders.json``, ``train_*.json`` of
+``tools/benchmark.py`` and ``steps.tsv``) and writes ``summary.md`` there: device, torch
+version, settings, the steps with their status and duration, then one table for the decoders
+(fp32 and AMP) and one for the training steps, with the peak memory of every row."""
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+
+def _load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _fmt(value, fmt="{:.1f}"):
+    return "n/a" if value is None else fmt.format(value)
+
+
+def _ratio(r, prefix, suffix=""):
+    median = r.get(f"{prefix}median{suffix}")
+    if median is None:
+        return "n/a"
+    return f"{median:.2f} ({r[f'{prefix}q25{suffix}']:.2f}-{r[f'{prefix}q75{suffix}']:.2f})"
+
+
+def _steps(out_dir):
+    steps = []
+    try:
+        with open(os.path.join(out_dir, "steps.tsv")) as f:
+            for line in f:
+                name, rc, seconds, command = line.rstrip("\n").split("\t", 3)
+                steps.append((name, int(rc), int(seconds), command))
+    except OSError:
+        pass
+    return steps
+
+
+def summarise(out_dir, mode):
+    """Returns the markdown of the summary (and the device and torch version it found)."""
+    dec = {
+        amp: _load(os.path.join(out_dir, f"decoders_{amp}", "decoders.json"))
+        for amp in ("fp32", "bf16")
+    }
+    trains = []
+    for path in sorted(glob.glob(os.path.join(out_dir, "train_*.json"))):
+        raw = _load(path)
+        if raw is not None:
+            trains += raw.get("results", [raw])
+    device = torch_version = "unknown"
+    for raw in dec.values():
+        if raw:
+            device, torch_version = raw["env"]["device"], raw["env"]["torch"]
+            break
+    if trains:
+        device, torch_version = trains[0]["device_name"], trains[0]["torch"]
+    steps = _steps(out_dir)
+    total = sum(s[2] for s in steps)
+    lines = [
+        "# GPU check (`benchmarks/gpu_check.sh`)",
+        "",
+        f"* Mode: {mode}.",
+        f"* Device: {device}; torch {torch_version}.",
+        f"* Total time of the steps: {total} s.",
+    ]
+    if dec["fp32"]:
+        argv = " ".join(dec["fp32"]["argv"])
+        lines.append(
+            f"* Decoders: `benchmarks/decoders.py {argv}` (fp32) and the same with "
+            "`--amp bf16 --skip-flops`; semantic path, 19 classes, batch 1, interleaved "
+            "rounds"
+            + (
+                " in one process (peak memory includes the other rows' models)."
+                if "--in-process" in dec["fp32"]["argv"]
+                else ", one worker process per row (peak memory: the row's own)."
+            )
+        )
+    if trains:
+        t = trains[0]
+        lines.append(
+            f"* Training: `tools/benchmark.py --task train --amp {t['amp']}` per dataset, its "
+            "configs interleaved (ratios against the dataset's first config), "
+            f"{t['warmup']} warm-up + {t['iters']} timed rounds, batch {t['batch_size']}, "
+            "the config's crop size, `MODEL.WEIGHTS \"\"`; peak memory: the config's own "
+            "(weights, buffers, optimizer state + the largest rise during a timed step) and "
+            "the process's peak."
+        )
+    lines += [
+        "",
+        "## Steps",
+        "",
+        "| Step | Exit status | Seconds | Command |",
+        "|:---|---:|---:|:---|",
+    ]
+    lines += [f"| {n} | {rc} | {s} | `{c}` |" for n, rc, s, c in steps]
+
+    lines += ["", "## Decoders (inference, semantic path)", ""]
+    by_amp = {amp: {r["key"]: r for r in raw["results"]} if raw else {} for amp, raw in dec.items()}
+    keys = list(by_amp["fp32"]) + [k for k in by_amp["bf16"] if k not in by_amp["fp32"]]
+    if keys:
+        size = None
+        for raw in dec.values():
+            if raw and "--time-size" in raw["argv"]:
+                i = raw["argv"].index("--time-size")
+                size = f"{raw['argv'][i + 1]}x{raw['argv'][i + 2]}"
+        lines.append(
+            f"Input {size or 'see the commands'}; latency: median (IQR) over the rounds; "
+            "ratio: per-round latency / Semantic FPN of the same depth, median (q25-q75)."
+        )
+        lines += [
+            "",
+            "| Model | GFLOPs | fp32 latency (ms) | fp32 vs Sem. FPN | fp32 peak (MiB) "
+            "| bf16 latency (ms) | bf16 vs Sem. FPN | bf16 peak (MiB) |",
+            "|:---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for k in keys:
+            cells = []
+            first = by_amp["fp32"].get(k) or by_amp["bf16"].get(k)
+            cells += [first["label"], _fmt(first.get("gflops_total"))]
+            for amp in ("fp32", "bf16"):
+                r = by_amp[amp].get(k)
+                if r is None:
+                    cells += ["n/a"] * 3
+                    continue
+                cells += [
+                    f"{r['latency_ms_median']:.1f} ({r['latency_ms_iqr']:.1f})",
+                    _ratio(r, "latency_ratio_vs_semfpn_"),
+                    _fmt(r["peak_memory_mib"], "{:.0f}"),
+                ]
+            lines.append("| " + " | ".join(cells) + " |")
+    else:
+        lines.append("No decoder results (see the steps above).")
+
+    lines += ["", "## One AMP training step per config", ""]
+    if trains:
+        lines += [
+            "| Config | Input (B x H x W) | Step (ms), median (IQR) | vs first of its dataset "
+            "| Own memory (MiB) | Process peak (MiB) |",
+            "|:---|:---|---:|---:|---:|---:|",
+        ]
+        for t in trains:
+            h, w = t["input_size"]
+            lines.append(
+                f"| `{t['config_file']}` | {t['batch_size']} x {h} x {w} | "
+                f"{t['latency_ms_median']:.1f} ({t['latency_ms_iqr']:.1f}) | "
+                f"{_ratio(t, 'latency_ratio_', '_vs_baseline')} | "
+                f"{t['own_memory_mib']:.0f} | {t['peak_memory_mib']:.0f} |"
+            )
+    else:
+        lines.append("No training results (see the steps above).")
+    lines.append("")
+    return "\n".join(lines), device, torch_version
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--mode", default="GPU")
+    args = p.parse_args(argv)
+    md, _, _ = summarise(args.output_dir, args.mode)
+    with open(os.path.join(args.output_dir, "summary.md"), "w") as f:
+        f.write(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
