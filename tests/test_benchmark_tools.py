@@ -412,3 +412,19 @@ def test_decoders_benchmark_rejects_unknown_rows(tmp_path):
         timeout=300,
     )
     assert r.returncode == 2 and "unknown rows" in r.stderr
+
+
+def test_onnx_runtime_benchmark_smoke(tmp_path):
+    """benchmarks/onnx_runtime.py on the toy panoptic row: the export matches eager, both sides
+    are timed, and the ratio's median lies within its interquartile range; the table names it."""
+    script = os.path.join(ROOT, "benchmarks", "onnx_runtime.py")
+    args = ["--rows", "toy_rsp_panoptic", "--rounds", "3", "--warmup", "0"]
+    cmd = [sys.executable, script, *args, "--output-dir", str(tmp_path)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(tmp_path / "onnx_runtime.json") as f:
+        (row,) = json.load(f)["results"]
+    assert row["kind"] == "panoptic" and row["max_abs_diff_vs_eager"] <= 1e-3
+    assert row["eager_ms_median"] > 0 and row["onnx_ms_median"] > 0
+    assert row["ratio_q25"] <= row["ratio_median"] <= row["ratio_q75"]
+    assert row["label"] in (tmp_path / "onnx_runtime.md").read_text()

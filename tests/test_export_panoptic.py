@@ -7,6 +7,8 @@ cannot be exported fails in one line."""
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -213,3 +215,26 @@ def test_onnx_runner_runs_no_pytorch_module(exports, monkeypatch):
     out = exported([{"image": image}])[0]
     assert called == ["ExportedModel"]
     assert set(out) == {"sem_seg", "instances", "panoptic_seg"}
+
+
+def test_run_eval_without_the_test_set_is_one_line(tmp_path):
+    """--run-eval checks the test set before exporting: a missing dataset is one line, exit 2."""
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "tools", "export_model.py"),
+        "--config-file",
+        os.path.join(ROOT, "configs/Toy/rsp_panoptic_fpn_R_18_toy.yaml"),
+        "--format",
+        "onnx",
+        "--output",
+        str(tmp_path / "out"),
+        "--run-eval",
+        "DATASETS.TEST",
+        "('coco_2017_val_panoptic_separated',)",
+    ]
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "empty"))
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("ERROR: Dataset 'coco_2017_val_panoptic_separated' is not available")
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")

@@ -48,6 +48,7 @@ from detectron2.modeling import SemanticSegmentor
 from torch import nn
 
 import nrd_rsp  # noqa: F401  (registers heads and meta-architectures)
+from nrd_rsp.data.catalog import check_dataset_available
 from nrd_rsp.engine import Trainer, load_model_for_eval, setup_cfg
 from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
 from nrd_rsp.export import (
@@ -354,6 +355,9 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     cfg = setup_cfg(args.config_file, args.opts)
+    if args.run_eval:  # before exporting: a missing test set is one line, not a late traceback
+        for name in cfg.DATASETS.TEST:
+            check_dataset_available(name)
     try:
         info = export(
             cfg,
