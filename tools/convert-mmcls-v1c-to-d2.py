@@ -23,14 +23,13 @@ std [58.395, 57.12, 57.375], which the NRD configs set.
 """
 
 import os
-import pickle
 import re
 import sys
 from collections import OrderedDict
 
 import torch
 
-from nrd_rsp.checkpoint import torch_load_tensors
+from nrd_rsp.checkpoint import check_d2_weights_path, torch_load_tensors, write_d2_weights
 from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
 
 # Blocks per stage (layer1..layer4) -> depth; Detectron2's deep-stem ResNet has these three only.
@@ -142,15 +141,9 @@ def build_parser():
 @exit_on_error
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if not args.output.endswith(".pkl"):
-        raise ConfigError(
-            "OUT must end with .pkl (Detectron2 reads .pkl with matching heuristics): "
-            f"'{args.output}'."
-        )
+    check_d2_weights_path(args.output)  # before reading a large input
     converted, depth, stem = convert(load_v1c_state_dict(args.input))
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "wb") as f:
-        pickle.dump(converted, f)
+    write_d2_weights(converted, args.output)
     print(f"Converted ResNetV1c-{depth} (stem {stem // 2}/{stem // 2}/{stem}): "
           f"{len(converted['model'])} tensors -> {args.output}")  # fmt: skip
     print("Config overrides: " + " ".join(config_overrides(depth, stem, args.output)))

@@ -20,14 +20,13 @@ first res2 block are not loaded (Detectron2 warns about their shapes).
 """
 
 import os
-import pickle
 import re
 import sys
 from collections import Counter, OrderedDict
 
 import torch
 
-from nrd_rsp.checkpoint import torch_load_tensors
+from nrd_rsp.checkpoint import check_d2_weights_path, torch_load_tensors, write_d2_weights
 from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
 
 # torchvision ResNet depth -> blocks per stage (layer1..layer4), block type.
@@ -148,15 +147,9 @@ def build_parser():
 @exit_on_error
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if not args.output.endswith(".pkl"):
-        raise ConfigError(
-            "OUT must end with .pkl (Detectron2 reads .pkl with matching heuristics): "
-            f"'{args.output}'."
-        )
+    check_d2_weights_path(args.output)  # before reading a large input
     converted, depth = convert(load_torchvision_state_dict(args.input))
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "wb") as f:
-        pickle.dump(converted, f)
+    write_d2_weights(converted, args.output)
     print(f"Converted ResNet-{depth}: {len(converted['model'])} tensors -> {args.output}")
     opts = config_overrides(depth, args.output)
     print("Config overrides: " + " ".join(f'"{o}"' if " " in o else o for o in opts))

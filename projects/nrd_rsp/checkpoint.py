@@ -19,6 +19,7 @@ checkpoint behind, survives a corrupt one at ``--resume``, and refuses weights o
 
 import logging
 import os
+import pickle
 import re
 import tempfile
 from typing import Callable, Dict, List, Optional, Tuple
@@ -28,9 +29,11 @@ from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _filter_reused_missing_keys
 
 # The error classes live in nrd_rsp.errors; importable from here too.
-from .errors import CheckpointError, CheckpointMismatchError, CorruptCheckpointError
+from .errors import CheckpointError, CheckpointMismatchError, ConfigError, CorruptCheckpointError
 
 __all__ = [
+    "check_d2_weights_path",
+    "write_d2_weights",
     "CheckpointError",
     "CheckpointMismatchError",
     "CorruptCheckpointError",
@@ -62,6 +65,23 @@ def torch_load_tensors(path, what):
         raise CheckpointError(
             f"Cannot read '{path}' as {what}: torch.load(weights_only=True) failed ({reason})."
         ) from e
+
+
+def check_d2_weights_path(path: str) -> None:
+    """``ConfigError`` unless ``path`` ends with ``.pkl``: Detectron2 loads converted weights with
+    its name-matching heuristics only from ``.pkl`` files."""
+    if not path.endswith(".pkl"):
+        raise ConfigError(
+            f"OUT must end with .pkl (Detectron2 reads .pkl with matching heuristics): '{path}'."
+        )
+
+
+def write_d2_weights(converted: dict, path: str) -> None:
+    """Write converted ImageNet weights (``{"model": {name: ndarray}, ...}``) atomically as the
+    Detectron2 ``.pkl`` that the converters in ``tools/`` produce."""
+    check_d2_weights_path(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: pickle.dump(converted, f))
 
 
 def atomic_write(path: str, write: Callable) -> None:
