@@ -156,9 +156,9 @@ def export_torchscript(traced, path):
     return path
 
 
-def export_onnx(traced, image, path, opset=17):
-    """Convert a traced model (see :func:`trace`) to ONNX with the TorchScript-based exporter
-    (input ``image``, output ``logits``)."""
+def export_onnx(traced, image, path, output_names=("logits",), dynamic_axes=None, opset=17):
+    """Convert a traced model (see :func:`trace`) to ONNX with the TorchScript-based exporter:
+    input ``image``, outputs ``output_names`` (``dynamic_axes`` as in ``torch.onnx.export``)."""
     with torch.no_grad():
         torch.onnx.export(
             traced,
@@ -167,7 +167,8 @@ def export_onnx(traced, image, path, opset=17):
             dynamo=False,
             opset_version=opset,
             input_names=["image"],
-            output_names=["logits"],
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
     return path
@@ -182,24 +183,6 @@ def run_exported(path, image):
         return sess.run(["logits"], {"image": image.numpy()})[0]
     with torch.no_grad():
         return torch.jit.load(path, map_location="cpu")(image).numpy()
-
-
-def export_panoptic_onnx(traced, image, path, opset=17):
-    """ONNX of a traced panoptic adapter: input ``image`` (any H, W), :data:`PANOPTIC_OUTPUTS`
-    (any number of detections)."""
-    with torch.no_grad():
-        torch.onnx.export(
-            traced,
-            (image,),
-            path,
-            dynamo=False,
-            opset_version=opset,
-            input_names=["image"],
-            output_names=list(PANOPTIC_OUTPUTS),
-            dynamic_axes=PANOPTIC_DYNAMIC_AXES,
-            do_constant_folding=True,
-        )
-    return path
 
 
 def _compare(expected, got, names, tolerance, relative=False):
@@ -233,7 +216,7 @@ def _export_panoptic(model, fmt, image, path, tolerance):
     if fmt == "torchscript":
         traced.save(path)
     else:
-        export_panoptic_onnx(traced, image, path)
+        export_onnx(traced, image, path, PANOPTIC_OUTPUTS, PANOPTIC_DYNAMIC_AXES)
     info = {
         "kind": "panoptic",
         "combine": combine_settings(model),
