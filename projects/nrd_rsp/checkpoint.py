@@ -17,10 +17,12 @@ checkpoint behind, survives a corrupt one at ``--resume``, and refuses weights o
   A violation raises :class:`CheckpointMismatchError` with a table of the mismatched keys.
 """
 
+import errno
 import logging
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -29,7 +31,13 @@ from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _filter_reused_missing_keys
 
 # The error classes live in nrd_rsp.errors; importable from here too.
-from .errors import CheckpointError, CheckpointMismatchError, ConfigError, CorruptCheckpointError
+from .errors import (
+    CheckpointError,
+    CheckpointMismatchError,
+    ConfigError,
+    CorruptCheckpointError,
+    DiskFullError,
+)
 
 __all__ = [
     "check_d2_weights_path",
@@ -98,9 +106,16 @@ def atomic_write(path: str, write: Callable) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if _disk_full(e):
+            raise DiskFullError(
+                f"No space left on the disk of {directory} while writing "
+                f"{os.path.basename(path)} ({shutil.disk_usage(directory).free >> 20} MiB free; "
+                "the previous version of the file is intact): free space there, or point "
+                "OUTPUT_DIR at a larger disk, and rerun (with --resume when training)"
+            ) from e
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(directory, os.O_RDONLY)
@@ -110,6 +125,18 @@ def atomic_write(path: str, write: Callable) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def _disk_full(e: Optional[BaseException]) -> bool:
+    """Whether ``e`` or an exception it was raised from is ENOSPC (``torch.save`` re-raises the
+    ``OSError`` as a ``RuntimeError``)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _umask() -> int:

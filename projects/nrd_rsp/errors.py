@@ -28,6 +28,7 @@ __all__ = [
     "BadSampleError",
     "TooManyBadSamplesError",
     "NonFiniteLossError",
+    "DiskFullError",
     "one_line",
     "exit_code",
     "report_error",
@@ -98,6 +99,10 @@ class TooManyBadSamplesError(RunError, RuntimeError):
 
 class NonFiniteLossError(RunError, FloatingPointError):
     """A loss term became NaN/inf, or Detectron2 found non-finite predictions while training."""
+
+
+class DiskFullError(RunError, OSError):
+    """The disk filled up while a file was written; the file's previous version is intact."""
 
 
 def one_line(e: BaseException) -> str:

@@ -1,6 +1,7 @@
 """SafeCheckpointer: atomic saves (also under SIGKILL), resume fallback over corrupt checkpoints,
 refusal to start from scratch, checked weight loading."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from rel_utils import ROOT
 from torch import nn
 
 from nrd_rsp.checkpoint import CheckpointError, CheckpointMismatchError, SafeCheckpointer
+from nrd_rsp.errors import DiskFullError, exit_code, one_line
 
 
 class Net(nn.Module):
@@ -77,6 +79,38 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
         "last_checkpoint",
         "model_0000001.pth",
     ]  # temporary removed
+
+
+def test_full_disk_is_one_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    _save(tmp_path, 1)
+    before = (tmp_path / "model_0000001.pth").read_bytes()
+
+    def full_disk_save(obj, f):  # what torch.save does on ENOSPC: a RuntimeError from the OSError
+        f.write(b"part of a checkpoint")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    model, counter, ckpt = _fresh(tmp_path)
+    with pytest.raises(DiskFullError) as info:
+        ckpt.save("model_0000003")
+    message = one_line(info.value)
+    assert "No space left" in message and "model_0000003.pth" in message
+    assert "OUTPUT_DIR" in message and exit_code(info.value) == 1
+    assert (tmp_path / "model_0000001.pth").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]
+
+
+def test_other_write_errors_are_not_reported_as_a_full_disk(tmp_path, monkeypatch):
+    def denied(obj, f):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(torch, "save", denied)
+    with pytest.raises(OSError) as info:
+        _fresh(tmp_path)[2].save("model_0000003")
+    assert not isinstance(info.value, DiskFullError)
 
 
 def test_sigkill_during_save_keeps_previous_checkpoint(tmp_path):

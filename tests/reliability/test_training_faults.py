@@ -3,10 +3,13 @@ training images are skipped (one warning each, counted), too many of them stop t
 
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
-from rel_utils import ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, check_ok, error_lines, run
+from rel_utils import ENV, ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, check_ok, error_lines, run
 
 from nrd_rsp.checkpoint import SafeCheckpointer
 from nrd_rsp.data.toy.spec import ToyParams, toy_dataset_dir
@@ -183,3 +186,31 @@ def test_too_many_bad_samples_stop_training(tmp_path, corrupt_toy_root, monkeypa
         and os.path.basename(bad) in msg
     )
     assert error_lines(msg) == [msg]  # one line
+
+
+def test_full_disk_at_the_final_checkpoint_is_one_line(tmp_path):
+    # train_net.py with a torch.save that fails the way it does on a full disk.
+    script = textwrap.dedent("""
+        import errno, runpy, sys, torch
+        def full_disk_save(obj, f):
+            f.write(b"part")
+            raise RuntimeError("unexpected pos") from OSError(errno.ENOSPC, "No space left")
+        torch.save = full_disk_save
+        sys.argv = sys.argv[1:]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    """)
+    args = ["--config-file", SEMANTIC_CFG, *SMALL_SEMANTIC_OPTS, "SOLVER.MAX_ITER", "2"]
+    args += ["DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)]
+    r = subprocess.run(
+        [sys.executable, "-c", script, os.path.join(ROOT, "train_net.py"), *args],
+        cwd=ROOT,
+        env=dict(os.environ, **ENV),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 1, r.stderr[-3000:]
+    lines = [line for line in error_lines(r.stderr) if "Traceback" in line or "ERROR" in line]
+    assert len(lines) == 1 and lines[0].startswith("ERROR:"), r.stderr[-3000:]
+    assert "No space left" in lines[0] and "model_final.pth" in lines[0]
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".pth") or ".tmp" in f]
