@@ -1,36 +1,40 @@
 #!/usr/bin/env python
-"""Train the decoders side by side on the built-in toy data and compare their accuracy.
+"""Train the decoders side by side on the toy data over several seeds and compare their accuracy
+with paired confidence intervals.
 
-Semantic rows (toy_sem_seg, same ResNet-18 and schedule): Semantic FPN, DeepLabV3+, RSP, NRD;
-reported: mIoU, IoU of the thin-structure class (pole, 1-3 px wide) and the boundary F-score
-(2-px trimap band, ``nrd_rsp.evaluation``). Panoptic rows (toy_panoptic): Panoptic FPN, RSP
-Panoptic FPN, NRD+RSP Panoptic FPN; reported: PQ (all/things/stuff) and mIoU.
+Two data settings, both made by the toy generator through its parameters:
 
-    python benchmarks/toy_accuracy.py                 # short mode: the configs' CPU schedule
-    python benchmarks/toy_accuracy.py --mode full --device cuda
-    python benchmarks/toy_accuracy.py --rows semantic_fpn nrd --output-dir /tmp/acc
+* ``default``: the toy data of the toy configs (128x160, poles 1-3 px); every model;
+* ``highres``: 256x512 images, every thin structure 1 px wide, and road painted like wall so that
+  only the surroundings tell the two apart (``DATASETS.TOY.{MAX_POLE_WIDTH,CONTEXT_STUFF}``);
+  the semantic models, trained on 128x256 crops and tested on whole images.
 
-Writes ``toy_accuracy.md`` and ``toy_accuracy.json`` into ``--output-dir`` (default
-``benchmarks/results``). Every row trains from scratch with the same seed.
+Semantic models report mIoU, the IoU of the thin class (pole) and the boundary F-score (2-px
+band, ``nrd_rsp.evaluation``); panoptic models PQ, PQ things, PQ stuff, mIoU and the two others.
+Each (setting, model, seed) trains from scratch with ``SEED`` = the seed on the same data; each
+comparison is the paired difference over the seeds with its 95% t-interval
+(``nrd_rsp.analysis.paired_stats``).
+
+    python benchmarks/toy_accuracy.py                     # CPU: 5 seeds, 2 jobs, ~1.5 h on 2 cores
+    python benchmarks/toy_accuracy.py --mode full --device cuda --jobs 1
+    python benchmarks/toy_accuracy.py --settings default --rows semantic_fpn nrd --seeds 0 1
+
+Each run's metrics are kept in ``--work-dir`` and reused by a rerun with the same arguments.
+Writes ``toy_accuracy.json`` (every run, every summary) and ``toy_accuracy.md`` (rendered from
+the JSON alone by :func:`render_markdown`) into ``--output-dir`` (default ``benchmarks/results``).
 """
 
 import argparse
+import concurrent.futures as futures
+import datetime
 import json
 import logging
+import multiprocessing
 import os
 import platform
+import shlex
 import sys
 import time
-
-import torch
-from detectron2.evaluation import DatasetEvaluators
-from detectron2.utils.env import seed_all_rng
-from detectron2.utils.logger import setup_logger
-
-import nrd_rsp  # noqa: F401
-from nrd_rsp.engine import Trainer, check_device, setup_cfg
-from nrd_rsp.errors import exit_on_error
-from nrd_rsp.evaluation import BoundaryFScoreEvaluator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,154 +60,284 @@ ROWS = {
         "panoptic",
     ),
 }
+SEMANTIC_ROWS = [k for k, (_, _, kind) in ROWS.items() if kind == "semantic"]
 
-# Short: the toy configs' own schedule and data (CPU, minutes). Full: 10x the iterations on
-# 4x the data (for a GPU).
+# setting -> (description, rows, config overrides)
+SETTINGS = {
+    "default": ("toy data of the toy configs: 128x160, poles 1-3 px", list(ROWS), []),
+    "highres": (
+        "256x512, every thin structure 1 px, road painted like wall (context-defined); "
+        "trained on 128x256 crops, tested on whole images",
+        SEMANTIC_ROWS,
+        [
+            "DATASETS.TOY.IMAGE_SIZE", "(256, 512)",
+            "DATASETS.TOY.MAX_POLE_WIDTH", "1",
+            "DATASETS.TOY.CONTEXT_STUFF", "True",
+            "INPUT.RESIZE_BASE_SIZE", "(256, 512)",
+            "INPUT.CROP.SIZE", "(128, 256)",  # DeepLabV3+'s ASPP pool (4x8) divides 256x512's res5
+            "INPUT.MIN_SIZE_TEST", "256",
+            "INPUT.MAX_SIZE_TEST", "512",
+        ],
+    ),
+}  # fmt: skip
+
+# (a, b): "a - b" is reported, in both settings where both rows run.
+COMPARISONS = [
+    ("rsp", "semantic_fpn"),
+    ("nrd", "semantic_fpn"),
+    ("nrd", "deeplabv3plus"),
+    ("rsp", "deeplabv3plus"),
+    ("rsp_panoptic_fpn", "panoptic_fpn"),
+    ("nrd_rsp_panoptic_fpn", "panoptic_fpn"),
+    ("nrd_rsp_panoptic_fpn", "rsp_panoptic_fpn"),
+]
+METRICS = {
+    "semantic": ["mIoU", "IoU-pole", "BF"],
+    "panoptic": ["PQ", "PQ_th", "PQ_st", "mIoU", "IoU-pole", "BF"],
+}
+METRIC_LABELS = {"IoU-pole": "thin IoU", "BF": "boundary F", "PQ_th": "PQ th", "PQ_st": "PQ st"}
+
+# Short: the toy configs' own schedule (CPU). Full: 10x the iterations on 4x the data (GPU).
 MODES = {
     "short": [],
     "full": [
-        "SOLVER.MAX_ITER",
-        "3000",
-        "SOLVER.WARMUP_ITERS",
-        "200",
-        "DATASETS.TOY.NUM_TRAIN",
-        "800",
-        "DATASETS.TOY.NUM_VAL",
-        "100",
+        "SOLVER.MAX_ITER", "3000", "SOLVER.WARMUP_ITERS", "200",
+        "DATASETS.TOY.NUM_TRAIN", "800", "DATASETS.TOY.NUM_VAL", "100",
     ],
-}
-
-logger = logging.getLogger("nrd_rsp.toy_accuracy")
+}  # fmt: skip
 
 
-def train_and_evaluate(config_file, opts, output_dir, kind):
-    """Train ``config_file`` from scratch, evaluate on its test set; returns a flat metric dict."""
-    cfg = setup_cfg(
-        os.path.join(ROOT, config_file), list(opts) + ["OUTPUT_DIR", output_dir], freeze=False
-    )
-    cfg.TEST.NUM_VIS_IMAGES = 0
-    cfg.freeze()
+def run_one(config_file, opts, output_dir, kind):
+    """Train ``config_file`` from scratch and evaluate it on its test set, in this process;
+    returns {"iterations", "train_seconds", metric: value}."""
+    import torch
+    from detectron2.evaluation import DatasetEvaluators
+
+    import nrd_rsp  # noqa: F401
+    from nrd_rsp.engine import Trainer, setup_cfg
+    from nrd_rsp.evaluation import BoundaryFScoreEvaluator
+
+    torch.set_num_threads(1)
+    cfg = setup_cfg(os.path.join(ROOT, config_file), [*opts, "OUTPUT_DIR", output_dir], quiet=True)
     os.makedirs(output_dir, exist_ok=True)
-    seed_all_rng(cfg.SEED)
     start = time.perf_counter()
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    train_s = time.perf_counter() - start
-    model = trainer.model
+    out = {"iterations": cfg.SOLVER.MAX_ITER, "train_seconds": time.perf_counter() - start}
     name = cfg.DATASETS.TEST[0]
-    evaluators = [Trainer.build_evaluator(cfg, name)]
-    if kind == "semantic":
-        evaluators.append(BoundaryFScoreEvaluator(name))
-    res = Trainer.test(cfg, model, [DatasetEvaluators(evaluators)])
-    out = {"train_seconds": round(train_s, 1), "iterations": cfg.SOLVER.MAX_ITER}
-    sem = res.get("sem_seg", {})
-    out["mIoU"] = sem.get("mIoU")
-    if kind == "semantic":
-        out["IoU-pole"] = sem.get("IoU-pole")
-        out["BF"] = res["boundary"]["BF"]
-    else:
-        for key in ("PQ", "PQ_th", "PQ_st", "SQ", "RQ"):
-            out[key] = res["panoptic_seg"][key]
+    evaluators = DatasetEvaluators(
+        [Trainer.build_evaluator(cfg, name), BoundaryFScoreEvaluator(name)]
+    )
+    res = Trainer.test(cfg, trainer.model, [evaluators])
+    out.update(mIoU=res["sem_seg"]["mIoU"], BF=res["boundary"]["BF"])
+    out["IoU-pole"] = res["sem_seg"]["IoU-pole"]
+    if kind == "panoptic":
+        out.update({k: res["panoptic_seg"][k] for k in ("PQ", "PQ_th", "PQ_st")})
     return out
 
 
-def _fmt(v):
-    return "" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+def _job(job):
+    """One (setting, row, seed) in a worker process: Detectron2's log (with its ETA) goes to
+    ``<work dir>/log.txt``; the metrics are cached in ``metrics.json`` next to it."""
+    setting, row, seed, opts, work_dir = job
+    cache = os.path.join(work_dir, "metrics.json")
+    if os.path.exists(cache):
+        with open(cache) as f:
+            return job, json.load(f)
+    os.makedirs(work_dir, exist_ok=True)
+    for name in ("detectron2", "nrd_rsp", "fvcore"):
+        log = logging.getLogger(name)
+        log.handlers[:] = [logging.FileHandler(os.path.join(work_dir, "log.txt"))]
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    _, config, kind = ROWS[row]
+    metrics = run_one(config, [*opts, "SEED", str(seed)], work_dir, kind)
+    with open(cache + ".tmp", "w") as f:
+        json.dump(metrics, f)
+    os.replace(cache + ".tmp", cache)
+    return job, metrics
 
 
-def write_report(results, args, path_md, path_json):
-    with open(path_json, "w") as f:
-        json.dump({"settings": _settings(args), "results": results}, f, indent=2)
+def run_all(args, opts_common):
+    """Run every (setting, row, seed) with ``args.jobs`` processes; returns
+    {setting: {row: {seed: metrics}}}."""
+    from tqdm import tqdm
+
+    jobs = [
+        (setting, row, seed, [*opts_common, *SETTINGS[setting][2]],
+         os.path.join(args.work_dir, args.mode, setting, row, f"seed{seed}"))
+        for setting in args.settings
+        for seed in args.seeds  # seed-major: an interrupted run leaves whole seeds
+        for row in args.rows
+        if row in SETTINGS[setting][1]
+    ]  # fmt: skip
+    runs = {}
+    ctx = multiprocessing.get_context("spawn")
+    with futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+        pending = [pool.submit(_job, job) for job in jobs]
+        for done in tqdm(futures.as_completed(pending), total=len(jobs), desc="runs", unit="run"):
+            (setting, row, seed, _, _), metrics = done.result()
+            runs.setdefault(setting, {}).setdefault(row, {})[str(seed)] = metrics
+    return runs
+
+
+def summarize_runs(runs, seeds):
+    """Per-model summaries and per-comparison paired differences, from the runs alone."""
+    from nrd_rsp.analysis.paired_stats import paired_difference, summarize
+
+    keys = [str(s) for s in seeds]
+    models, comparisons = {}, {}
+    for setting in [s for s in SETTINGS if s in runs]:
+        rows = {row: runs[setting][row] for row in ROWS if row in runs[setting]}
+        models[setting] = {
+            row: {m: summarize([rows[row][s].get(m) for s in keys]) for m in METRICS[ROWS[row][2]]}
+            for row in rows
+        }
+        for a, b in COMPARISONS:
+            if a in rows and b in rows:
+                comparisons.setdefault(setting, {})[f"{a} - {b}"] = {
+                    m: paired_difference(
+                        [rows[a][s].get(m) for s in keys], [rows[b][s].get(m) for s in keys]
+                    )
+                    for m in METRICS[ROWS[a][2]]
+                    if m in METRICS[ROWS[b][2]]
+                }
+    return models, comparisons
+
+
+def _pm(s):
+    if s["mean"] is None:
+        return "n/a"
+    return f"{s['mean']:.1f} ± {s['std']:.1f}" if s["std"] is not None else f"{s['mean']:.1f}"
+
+
+def _diff(d):
+    if d["mean"] is None:
+        return "n/a"
+    if d["ci_low"] is None:
+        return f"{d['mean']:+.1f}"
+    mark = " **significant**" if d["significant"] else ""
+    return f"{d['mean']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]{mark}"
+
+
+def render_markdown(report):
+    """``toy_accuracy.md`` from the JSON report alone (``tests/test_quoted_numbers.py`` renders
+    it again and compares)."""
+    meta = report["settings"]
     lines = [
-        "# Toy accuracy: decoders side by side",
+        "# Toy accuracy: decoders side by side, over seeds",
         "",
-        "Generated by `python benchmarks/toy_accuracy.py " + " ".join(sys.argv[1:]) + "`.",
-        f"Settings: {json.dumps(_settings(args))}",
+        f"Generated by `{meta['command']}` on {meta['date']} "
+        f"({meta['device']}, torch {meta['torch']}, {meta['threads_per_job']} thread per job, "
+        f"{meta['jobs']} jobs); every number below is in `toy_accuracy.json`.",
         "",
-        "All models train from scratch (no ImageNet weights are available offline) "
-        "with the same seed, ResNet-18 backbone, data and schedule. "
-        "Toy data only: these numbers say nothing about Cityscapes or COCO.",
+        f"Seeds {', '.join(str(s) for s in meta['seeds'])} (the training seed, `SEED`: "
+        "initialisation, data order, augmentation; the data are the same for every seed). "
+        "All models train from scratch (no ImageNet weights offline) with the same ResNet-18, "
+        "data and schedule as their toy configs. Cells: mean ± sample std over the seeds. "
+        "Comparisons: mean paired difference (same seeds) with its 95% t-interval; "
+        "**significant** when the interval excludes 0. Toy data only: these numbers say "
+        "nothing about Cityscapes or COCO.",
         "",
     ]
-    sem = [(k, r) for k, r in results.items() if ROWS[k][2] == "semantic"]
-    pan = [(k, r) for k, r in results.items() if ROWS[k][2] == "panoptic"]
-    if sem:
-        lines += [
-            "## Semantic (toy_sem_seg_val)",
-            "",
-            "| model | config | mIoU | IoU pole (thin) | boundary F (2 px) | iters | train s |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {ROWS[k][0]} | `{ROWS[k][1]}` | {_fmt(r['mIoU'])} | {_fmt(r['IoU-pole'])} "
-            f"| {_fmt(r['BF'])} "
-            f"| {r['iterations']} | {r['train_seconds']} |"
-            for k, r in sem
-        ]
-        lines.append("")
-    if pan:
-        lines += [
-            "## Panoptic (toy_panoptic_val)",
-            "",
-            "| model | config | PQ | PQ things | PQ stuff | mIoU | iters | train s |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {ROWS[k][0]} | `{ROWS[k][1]}` | {_fmt(r['PQ'])} | {_fmt(r['PQ_th'])} "
-            f"| {_fmt(r['PQ_st'])} "
-            f"| {_fmt(r['mIoU'])} | {r['iterations']} | {r['train_seconds']} |"
-            for k, r in pan
-        ]
-        lines.append("")
-    with open(path_md, "w") as f:
-        f.write("\n".join(lines))
+    for setting, models in report["models"].items():
+        lines += _setting_tables(setting, models, report["comparisons"].get(setting, {}))
+    return "\n".join(lines)
 
 
-def _settings(args):
+def _setting_tables(setting, models, comparisons):
+    lines = [f"## Setting `{setting}`: {SETTINGS[setting][0]}", ""]
+    for kind in ("semantic", "panoptic"):
+        rows = [r for r in models if ROWS[r][2] == kind]
+        if not rows:
+            continue
+        metrics = METRICS[kind]
+        lines += [
+            "| model | config | " + " | ".join(METRIC_LABELS.get(m, m) for m in metrics) + " |",
+            "|---|---|" + "---|" * len(metrics),
+        ]
+        lines += [
+            f"| {ROWS[r][0]} | `{ROWS[r][1]}` | "
+            + " | ".join(_pm(models[r][m]) for m in metrics)
+            + " |"
+            for r in rows
+        ]
+        lines.append("")
+    if comparisons:
+        lines += ["| comparison | metric | difference [95% CI] |", "|---|---|---|"]
+        for name, per_metric in comparisons.items():
+            a, b = name.split(" - ")
+            label = f"{ROWS[a][0]} − {ROWS[b][0]}"
+            lines += [
+                f"| {label} | {METRIC_LABELS.get(m, m)} | {_diff(d)} |"
+                for m, d in per_metric.items()
+            ]
+        lines.append("")
+    return lines
+
+
+def _meta(args, argv):
+    import torch
+
+    device = "cpu: " + (platform.processor() or platform.machine())
+    if args.device == "cuda" and torch.cuda.is_available():
+        device = "cuda: " + torch.cuda.get_device_name(0)
     return {
+        "command": "python benchmarks/toy_accuracy.py " + shlex.join(argv),
+        "date": datetime.date.today().isoformat(),
         "mode": args.mode,
-        "device": args.device,
+        "device": device,
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "cuda_device": torch.cuda.get_device_name(0)
-        if args.device == "cuda" and torch.cuda.is_available()
-        else None,
+        "threads_per_job": 1,
+        "jobs": args.jobs,
+        "seeds": args.seeds,
     }
 
 
-@exit_on_error
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=sorted(MODES), default="short")
-    parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS))
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--output-dir", default=os.path.join(ROOT, "benchmarks", "results"))
-    parser.add_argument("--work-dir", default=os.path.join(ROOT, "output", "toy_accuracy"))
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every row"
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    args = parser.parse_args(argv)
-    check_device(args.device)
-    setup_logger(name="detectron2")
-    setup_logger(name="nrd_rsp")
-    os.makedirs(args.output_dir, exist_ok=True)
-    opts = MODES[args.mode] + ["MODEL.DEVICE", args.device] + list(args.opts)
-    results = {}
-    for key in args.rows:
-        label, config, kind = ROWS[key]
-        logger.info(f"=== {label}: {config}")
-        results[key] = train_and_evaluate(config, opts, os.path.join(args.work_dir, key), kind)
-        logger.info(f"=== {label}: {results[key]}")
-        write_report(
-            results,
-            args,
-            os.path.join(args.output_dir, "toy_accuracy.md"),
-            os.path.join(args.output_dir, "toy_accuracy.json"),
-        )
-    print(open(os.path.join(args.output_dir, "toy_accuracy.md")).read())
-    return 0
+    p.add_argument("--mode", choices=sorted(MODES), default="short")
+    p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--output-dir", default=os.path.join(ROOT, "benchmarks", "results"))
+    p.add_argument("--work-dir", default=os.path.join(ROOT, "output", "toy_accuracy"))
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    from nrd_rsp.engine import check_device
+    from nrd_rsp.errors import ConfigError, exit_on_error
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+
+    @exit_on_error
+    def _run():
+        check_device(args.device)
+        if len(set(args.seeds)) != len(args.seeds):
+            raise ConfigError(f"--seeds: {args.seeds} repeats a seed; give distinct seeds")
+        opts = [*MODES[args.mode], "MODEL.DEVICE", args.device, "TEST.NUM_VIS_IMAGES", "0"]
+        opts += args.opts
+        runs = run_all(args, opts)
+        models, comparisons = summarize_runs(runs, args.seeds)
+        report = {"settings": _meta(args, argv), "runs": runs, "models": models}
+        report["comparisons"] = comparisons
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(os.path.join(args.output_dir, "toy_accuracy.json"), "w") as f:
+            json.dump(report, f, indent=1)
+        with open(os.path.join(args.output_dir, "toy_accuracy.md"), "w") as f:
+            f.write(render_markdown(report) + "\n")
+        print(render_markdown(report))
+        return 0
+
+    return _run()
 
 
 if __name__ == "__main__":

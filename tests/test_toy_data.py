@@ -472,3 +472,80 @@ def test_cli(tmp_path, capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("ERROR: ") and msg in err, err
+
+
+# ---------------------------------------------------------------------------------------------
+# the high-resolution options: 1 px thin structures, context-defined stuff
+# ---------------------------------------------------------------------------------------------
+_SEG = {c["name"]: c["id"] * 1000 for c in TOY_CATEGORIES}
+
+
+def _render(i, **options):
+    return toy.render_toy_image(np.random.default_rng([5, 0, i]), (128, 256), **options)
+
+
+def _has_2x2_block(mask):
+    return bool((mask[1:, 1:] & mask[:-1, 1:] & mask[1:, :-1] & mask[:-1, :-1]).any())
+
+
+def test_max_pole_width_1_makes_every_thin_structure_1_px_wide():
+    one_px = [_render(i, max_pole_width=1)[1] == _SEG["pole"] for i in range(12)]
+    assert all(m.any() and not _has_2x2_block(m) for m in one_px)
+    # the check can fail: by default poles are up to 3 px wide
+    assert any(_has_2x2_block(_render(i)[1] == _SEG["pole"]) for i in range(12))
+
+
+def test_context_stuff_paints_road_like_wall_and_keeps_the_labels():
+    def mean_colours(**options):
+        road, wall = [], []
+        for i in range(24):
+            image, pan, _ = _render(i, **options)
+            if (pan == _SEG["road"]).any() and (pan == _SEG["wall"]).any():
+                road.append(image[pan == _SEG["road"]].mean(0))
+                wall.append(image[pan == _SEG["wall"]].mean(0))
+        return np.mean(road, 0), np.mean(wall, 0)
+
+    road, wall = mean_colours()
+    assert np.abs(road - wall).max() > 30  # default: road is grey, wall is red brick
+    road, wall = mean_colours(context_stuff=True)
+    assert np.abs(road - wall).max() < 15  # same colour distribution: only context tells
+    for i in range(4):  # the options change pixels, never labels or instances
+        (a, pan_a, inst_a), (b, pan_b, inst_b) = _render(i), _render(i, context_stuff=True)
+        assert np.array_equal(pan_a, pan_b) and not np.array_equal(a, b)
+        assert [t["poly"] for t in inst_a] == [t["poly"] for t in inst_b]
+
+
+def test_options_name_their_own_dataset_and_config_keys_reach_them(tmp_path):
+    from detectron2.config import get_cfg
+
+    from nrd_rsp import add_nrd_rsp_config
+    from nrd_rsp.errors import ConfigError
+
+    assert ToyParams().tag == "v2_n200-40_128x160_seed0"  # default data keeps its directory
+    assert set(ToyParams().to_json()) == {
+        "generator_version", "num_train", "num_val", "image_size", "seed",
+    }  # fmt: skip
+    hard = ToyParams(2, 1, (64, 96), 1, max_pole_width=1, context_stuff=True)
+    assert hard.tag == "v2_n2-1_64x96_seed1_pole1px_context"
+    assert hard.to_json()["max_pole_width"] == 1 and hard.to_json()["context_stuff"] is True
+    cfg = get_cfg()
+    add_nrd_rsp_config(cfg)
+    cfg.merge_from_list([
+        "DATASETS.TOY.NUM_TRAIN", "2", "DATASETS.TOY.NUM_VAL", "1",
+        "DATASETS.TOY.IMAGE_SIZE", "(64, 96)", "DATASETS.TOY.SEED", "1",
+        "DATASETS.TOY.MAX_POLE_WIDTH", "1", "DATASETS.TOY.CONTEXT_STUFF", "True",
+    ])  # fmt: skip
+    assert toy_params_from_cfg(cfg) == hard
+    cfg.DATASETS.TOY.MAX_POLE_WIDTH = 4
+    with pytest.raises(ConfigError, match="DATASETS.TOY: .*max_pole_width"):
+        toy_params_from_cfg(cfg)
+    out = tmp_path / "hard"
+    argv = ["--output", str(out), "--num-train", "2", "--num-val", "1", "--image-size", "64", "96"]
+    assert toy.main([*argv, "--seed", "1", "--max-pole-width", "1", "--context-stuff"]) == 0
+    assert _load_json(out / "params.json") == hard.to_json()
+    for i in range(2):  # what was written was rendered with the options
+        written = _read(out / "images" / "train" / f"{i:06d}.jpg").astype(np.float32)
+        rng = [1, 0, i]  # (seed, split code of train, index), as the writer seeds each image
+        hard_image = toy.render_toy_image(np.random.default_rng(rng), (64, 96), 1, True)[0]
+        plain_image = toy.render_toy_image(np.random.default_rng(rng), (64, 96))[0]
+        assert np.abs(written - hard_image).mean() < 4 < np.abs(written - plain_image).mean()

@@ -5,8 +5,7 @@ below 15) and PQ stuff > 60 for the RSP panoptic quickstart (an untrained one is
 
 Orderings between models (NRD against Semantic FPN, RSP against Panoptic FPN) depend on the seed
 on this short schedule; they belong to the benchmark report with its confidence intervals
-(benchmarks/results/toy_accuracy.md), not here. The two processes run in parallel, one thread
-each (``pytest -n 2 --dist loadfile`` runs this file beside the rest)."""
+(benchmarks/results/toy_accuracy.md), not here."""
 
 import json
 import os
@@ -16,55 +15,22 @@ import sys
 from conftest import ROOT
 
 
-def start_rows(out_dir, rows):
-    """Start ``benchmarks/toy_accuracy.py`` on ``rows`` (one thread) in the background."""
-    os.makedirs(out_dir, exist_ok=True)
-    log = open(os.path.join(out_dir, "log.txt"), "w")
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "benchmarks", "toy_accuracy.py"),
-        "--rows",
-        *rows,
-        "--output-dir",
-        str(out_dir),
-        "--work-dir",
-        os.path.join(out_dir, "work"),
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env), log
-
-
-def finish_rows(out_dir, started):
-    """Wait for :func:`start_rows`; returns the results dict (row -> metrics)."""
-    proc, log = started
-    try:
-        returncode = proc.wait(timeout=1500)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
-    with open(os.path.join(out_dir, "log.txt")) as f:
-        assert returncode == 0, f.read()[-6000:]
-    with open(os.path.join(out_dir, "toy_accuracy.json")) as f:
-        return json.load(f)["results"]
-
-
 def test_decoders_learn_on_the_toy_schedule(tmp_path):
-    started = {
-        "semantic": start_rows(tmp_path / "semantic", ["nrd", "rsp"]),
-        "panoptic": start_rows(tmp_path / "panoptic", ["rsp_panoptic_fpn"]),
-    }
-    try:
-        res = {kind: finish_rows(tmp_path / kind, s) for kind, s in started.items()}
-    finally:  # a failed run must not leave the other one training
-        for proc, _ in started.values():
-            if proc.poll() is None:
-                proc.kill()
+    # The three runs in one call, two at a time (one thread each), at the configs' own seed.
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "toy_accuracy.py")]
+    cmd += ["--settings", "default", "--rows", "nrd", "rsp", "rsp_panoptic_fpn"]
+    cmd += ["--seeds", "42", "--jobs", "2", "--output-dir", str(tmp_path)]
+    cmd += ["--work-dir", str(tmp_path / "work")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    with open(os.path.join(tmp_path, "toy_accuracy.json")) as f:
+        runs = json.load(f)["runs"]["default"]
+    res = {row: runs[row]["42"] for row in ("nrd", "rsp", "rsp_panoptic_fpn")}
     print(json.dumps(res, indent=1))  # shown with pytest -s and on failure
     for row in ("nrd", "rsp"):
-        assert res["semantic"][row]["iterations"] == 200
-        assert res["semantic"][row]["mIoU"] > 40.0, (row, res["semantic"][row])
-    pan = res["panoptic"]["rsp_panoptic_fpn"]
+        assert res[row]["iterations"] == 200
+        assert res[row]["mIoU"] > 40.0, (row, res[row])
+    pan = res["rsp_panoptic_fpn"]
     assert pan["iterations"] == 200
     assert pan["PQ_st"] > 60.0, pan
     assert pan["mIoU"] > 40.0, pan

@@ -60,6 +60,8 @@ def _add_dataset_config(cfg):
     cfg.DATASETS.TOY.NUM_VAL = 40
     cfg.DATASETS.TOY.IMAGE_SIZE = (128, 160)  # (H, W)
     cfg.DATASETS.TOY.SEED = 0
+    cfg.DATASETS.TOY.MAX_POLE_WIDTH = 3  # 1: every thin structure is 1 px wide
+    cfg.DATASETS.TOY.CONTEXT_STUFF = False  # road looks like wall; context tells them apart
 
 
 def _add_rsp_config(cfg):

@@ -163,14 +163,21 @@ def _register_split(split: str, params: ToyParams, root: Optional[str], dataset_
 
 
 def toy_params_from_cfg(cfg) -> ToyParams:
-    """``cfg.DATASETS.TOY.{NUM_TRAIN,NUM_VAL,IMAGE_SIZE,SEED}`` as :class:`ToyParams`.
+    """``cfg.DATASETS.TOY`` as :class:`ToyParams`.
 
     Raises:
         ConfigError: a value ToyParams rejects, naming ``DATASETS.TOY``.
     """
     toy = cfg.DATASETS.TOY
     try:
-        return ToyParams(toy.NUM_TRAIN, toy.NUM_VAL, tuple(toy.IMAGE_SIZE), toy.SEED)
+        return ToyParams(
+            toy.NUM_TRAIN,
+            toy.NUM_VAL,
+            tuple(toy.IMAGE_SIZE),
+            toy.SEED,
+            max_pole_width=toy.MAX_POLE_WIDTH,
+            context_stuff=toy.CONTEXT_STUFF,
+        )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"DATASETS.TOY: {e}") from e
 

@@ -37,6 +37,18 @@ def _parser() -> OneLineArgumentParser:
         default=list(defaults.image_size),
     )
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--max-pole-width",
+        type=int,
+        choices=(1, 2, 3),
+        default=defaults.max_pole_width,
+        help="poles are 1..N px wide; 1 makes every thin structure 1 px wide",
+    )
+    parser.add_argument(
+        "--context-stuff",
+        action="store_true",
+        help="paint road like wall, so that only the surroundings tell them apart",
+    )
     return parser
 
 
@@ -44,7 +56,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        params = ToyParams(args.num_train, args.num_val, tuple(args.image_size), args.seed)
+        params = ToyParams(
+            args.num_train,
+            args.num_val,
+            tuple(args.image_size),
+            args.seed,
+            max_pole_width=args.max_pole_width,
+            context_stuff=args.context_stuff,
+        )
     except ValueError as e:
         parser.error(str(e))
     if args.output is None:

@@ -8,6 +8,11 @@ distinctive per class but jittered per image and per instance, with texture, lig
 and context matter (per-pixel colour alone gives ~75% mIoU) while a ResNet-18 trained from
 scratch for a few hundred iterations still learns the data.
 
+Two options make a harder, high-resolution setting (``ToyParams``): ``max_pole_width=1`` makes every
+thin structure 1 px wide, and ``context_stuff`` paints road with the wall's colours and bricks, so
+that a brick pixel is wall when it stands on the horizon under the sky and road when it lies in the
+grass: the label follows the surroundings, not the texture.
+
 Any change to what this module draws changes the data: bump ``spec.GENERATOR_VERSION`` with it.
 """
 
@@ -71,9 +76,12 @@ def _draw_layout(rng, h: int, w: int) -> Tuple[np.ndarray, int]:
     return sem, horizon
 
 
-def _draw_poles(rng, h: int, w: int, horizon: int) -> List[Tuple[np.ndarray, int]]:
-    """Thin structures: 1-3 vertical poles (1-3 px wide) with optional arms (1-2 px) and 1 px
-    wires. Returns [(bool mask (H, W), pole index)] one per pole incl. its arm / wire."""
+def _draw_poles(
+    rng, h: int, w: int, horizon: int, max_width: int = 3
+) -> List[Tuple[np.ndarray, int]]:
+    """Thin structures: 1-3 vertical poles (1 to ``max_width`` px wide) with optional arms (1-2 px,
+    1 px when ``max_width`` is 1) and 1 px wires. Returns [(bool mask (H, W), pole index)] one per
+    pole incl. its arm / wire."""
     n = int(rng.integers(1, 4))
     xs: List[int] = []
     for _ in range(50):  # poles at least 8 px apart
@@ -86,7 +94,7 @@ def _draw_poles(rng, h: int, w: int, horizon: int) -> List[Tuple[np.ndarray, int
     tops = []
     for x in xs:
         m = np.zeros((h, w), np.uint8)
-        width = int(rng.integers(1, 4))
+        width = int(rng.integers(1, max_width + 1))
         top = int(rng.integers(3, max(4, horizon - 4)))
         bottom = int(rng.integers(min(h - 1, horizon + 4), h))
         m[top:bottom, x : x + width] = 1
@@ -94,7 +102,7 @@ def _draw_poles(rng, h: int, w: int, horizon: int) -> List[Tuple[np.ndarray, int
             length = int(rng.integers(4, 13)) * (1 if rng.random() < 0.5 else -1)
             xm, x1 = x + width // 2, int(np.clip(x + width // 2 + length, 0, w - 1))
             m[top, min(xm, x1) : max(xm, x1) + 1] = 1
-            if rng.random() < 0.5:
+            if rng.random() < 0.5 and max_width > 1:
                 m[top + 1, min(xm, x1) : max(xm, x1) + 1] = 1  # 2 px arm
         poles.append(m)
         tops.append((x + width // 2, top))
@@ -105,8 +113,11 @@ def _draw_poles(rng, h: int, w: int, horizon: int) -> List[Tuple[np.ndarray, int
         cv2.line(poles[0], (xa, ya), mid, 1, 1)
         cv2.line(poles[0], mid, (xb, yb), 1, 1)
     union = np.clip(sum(poles), 0, 1).astype(np.uint8)
-    if cv2.erode(union, np.ones((4, 4), np.uint8)).any():  # keep the class strictly thin
-        return _draw_poles(rng, h, w, horizon)
+    too_wide = cv2.erode(union, np.ones((4, 4), np.uint8)).any()  # keep the class strictly thin
+    if max_width == 1:  # no 2x2 block anywhere (where a wire meets an arm, say)
+        too_wide = (union[1:, 1:] & union[:-1, 1:] & union[1:, :-1] & union[:-1, :-1]).any()
+    if too_wide:
+        return _draw_poles(rng, h, w, horizon, max_width)
     return [(p.astype(bool), i) for i, p in enumerate(poles)]
 
 
@@ -182,14 +193,16 @@ def _place_things(rng, h: int, w: int, pole_union: np.ndarray) -> List[dict]:
     return things
 
 
-def _paint_stuff(rng, image, sem, horizon, grain, yy, xx) -> None:
+def _paint_stuff(rng, image, sem, horizon, grain, yy, xx, context_stuff=False) -> None:
     """Paint road / grass / wall / sky in place: jittered base colour per image plus a texture
-    per class (sky gradient, grass speckle and blotches, road grain, wall bricks)."""
+    per class (sky gradient, grass speckle and blotches, road grain, wall bricks). With
+    ``context_stuff`` road is painted as wall, with its own draws of colour and brick size."""
     h, w = sem.shape
-    for name in ("road", "grass", "wall", "sky"):
-        region = sem == _CLS[name]
+    for label in ("road", "grass", "wall", "sky"):
+        region = sem == _CLS[label]
         if not region.any():
             continue
+        name = "wall" if context_stuff and label == "road" else label
         base = _jitter(rng, _BASE_RGB[name], 28)
         g, y, x = grain[region], yy[region], xx[region]
         if name == "sky":  # brighter towards the horizon
@@ -224,8 +237,13 @@ def _paint_thing(rng, image, mask, kind, center, grain, yy, xx) -> None:
     image[mask] = base + (np.clip(shade, -25, 25) + 6 * grain[mask])[:, None]
 
 
-def render_toy_image(rng: np.random.Generator, image_size: Tuple[int, int]):
-    """Draw one toy scene.
+def render_toy_image(
+    rng: np.random.Generator,
+    image_size: Tuple[int, int],
+    max_pole_width: int = 3,
+    context_stuff: bool = False,
+):
+    """Draw one toy scene (the options: module docstring).
 
     Returns:
         image: (H, W, 3) uint8 RGB.
@@ -236,14 +254,14 @@ def render_toy_image(rng: np.random.Generator, image_size: Tuple[int, int]):
     """
     h, w = image_size
     sem, horizon = _draw_layout(rng, h, w)
-    poles = _draw_poles(rng, h, w, horizon)
+    poles = _draw_poles(rng, h, w, horizon, max_pole_width)
     pole_union = np.any([m for m, _ in poles], axis=0)
     things = _place_things(rng, h, w, pole_union)
 
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     grain = rng.standard_normal((h, w), np.float32)  # one noise field; regions are disjoint
     image = np.zeros((h, w, 3), np.float32)
-    _paint_stuff(rng, image, sem, horizon, grain, yy, xx)
+    _paint_stuff(rng, image, sem, horizon, grain, yy, xx, context_stuff)
     for m, _ in poles:  # yellow, or light grey for 30% of the poles
         rgb = _BASE_RGB["pole"] if rng.random() < 0.7 else _POLE_GREY_RGB
         image[m] = _jitter(rng, rgb, 22) + 5 * grain[m][:, None]

@@ -65,6 +65,8 @@ class ToyParams:
     num_val: int = 40
     image_size: Tuple[int, int] = (128, 160)  # (H, W)
     seed: int = 0
+    max_pole_width: int = 3  # poles are 1..max_pole_width px wide (1: every thin part is 1 px)
+    context_stuff: bool = False  # road painted like wall: only the surroundings tell them apart
 
     def __post_init__(self):
         size = tuple(int(s) for s in self.image_size)
@@ -85,6 +87,14 @@ class ToyParams:
             )
         if self.seed < 0:
             raise ValueError(f"toy dataset: seed must be >= 0, got {self.seed}")
+        if self.max_pole_width not in (1, 2, 3):
+            raise ValueError(
+                f"toy dataset: max_pole_width must be 1, 2 or 3, got {self.max_pole_width!r}"
+            )
+        if not isinstance(self.context_stuff, bool):
+            raise ValueError(
+                f"toy dataset: context_stuff must be a bool, got {self.context_stuff!r}"
+            )
 
     @classmethod
     def of(cls, *args, **fields) -> "ToyParams":
@@ -97,7 +107,22 @@ class ToyParams:
     @property
     def tag(self) -> str:
         h, w = self.image_size
-        return f"v{GENERATOR_VERSION}_n{self.num_train}-{self.num_val}_{h}x{w}_seed{self.seed}"
+        tag = f"v{GENERATOR_VERSION}_n{self.num_train}-{self.num_val}_{h}x{w}_seed{self.seed}"
+        extras = self._non_default_options()
+        if "max_pole_width" in extras:
+            tag += f"_pole{self.max_pole_width}px"
+        if "context_stuff" in extras:
+            tag += "_context"
+        return tag
+
+    def _non_default_options(self) -> dict:
+        """The rendering options that differ from the defaults (they join the tag and
+        ``params.json`` only then, so that default data keeps its directory)."""
+        return {
+            name: getattr(self, name)
+            for name in ("max_pole_width", "context_stuff")
+            if getattr(self, name) != getattr(ToyParams, name)
+        }
 
     def to_json(self) -> dict:
         return {
@@ -106,6 +131,7 @@ class ToyParams:
             "num_val": self.num_val,
             "image_size": list(self.image_size),
             "seed": self.seed,
+            **self._non_default_options(),
         }
 
 

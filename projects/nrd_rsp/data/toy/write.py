@@ -72,7 +72,9 @@ def _write_split(output_dir: str, split: str, split_code: int, params: ToyParams
     n = params.num_train if split == "train" else params.num_val
     for idx in range(n):
         rng = np.random.default_rng([params.seed, split_code, idx])
-        image, pan, instances = render_toy_image(rng, (h, w))
+        image, pan, instances = render_toy_image(
+            rng, (h, w), max_pole_width=params.max_pole_width, context_stuff=params.context_stuff
+        )
         stem = f"{idx:06d}"
         images.append({"id": idx, "file_name": stem + ".jpg", "height": h, "width": w})
         pan_anns.append(_write_sample(paths, stem, idx, image, pan))
