@@ -71,7 +71,9 @@ def measure(patch_size, size, device_name):
 def _run_child(patch_size, args):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", str(patch_size)]
     cmd += ["--size", *map(str, args.size), "--device", args.device]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    # glibc: every block over 128 KiB is mmap-ed and unmapped when freed, so the RSS follows the
+    # live tensors instead of malloc's pooled arenas.
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MALLOC_MMAP_THRESHOLD_="131072")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode:
         raise RuntimeError(f"r = {patch_size} failed:\n{out.stderr[-3000:]}")
