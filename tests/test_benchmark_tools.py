@@ -428,3 +428,21 @@ def test_onnx_runtime_benchmark_smoke(tmp_path):
     assert row["eager_ms_median"] > 0 and row["onnx_ms_median"] > 0
     assert row["ratio_q25"] <= row["ratio_median"] <= row["ratio_q75"]
     assert row["label"] in (tmp_path / "onnx_runtime.md").read_text()
+
+
+def test_nrd_memory_benchmark_smoke(tmp_path):
+    """benchmarks/nrd_memory.py on a small input: one fresh process per patch size, logits of
+    stride 32 / r, per-pixel weights = P x output pixels (P = 899 for 19 classes, docs/NRD.md)."""
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "nrd_memory.py")]
+    cmd += ["--size", "256", "512", "--patch-sizes", "8", "16", "--runs", "1"]
+    r = subprocess.run(
+        [*cmd, "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((tmp_path / "nrd_memory.json").read_text())["rows"]
+    assert [row["logits_shape"] for row in rows] == [[1, 19, 64, 128], [1, 19, 128, 256]]
+    for row in rows:
+        pixels = row["logits_shape"][2] * row["logits_shape"][3]
+        assert row["per_pixel_weights_mib"] == pytest.approx(899 * pixels * 4 / 2**20)
+        assert row["peak_increase_mib"] > 0
+    assert "| 16 | 2 | 1x19x128x256 |" in (tmp_path / "nrd_memory.md").read_text()
