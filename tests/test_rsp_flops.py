@@ -149,7 +149,9 @@ def _rsp_analytic_flops(cfg, fpn_shapes):
 def test_fvcore_counts_every_rsp_op(rsp_r101, rsp_r50):
     fpn_shapes = {f"p{k}": (SIZE[0] // 2**k, SIZE[1] // 2**k) for k in (2, 3, 4)}
     for cfg, _, flops in (rsp_r101, rsp_r50):
-        assert flops.unsupported_ops("model.sem_seg_head") == {}
+        # Only the reductions of RSE's spelled-out softmax are left uncounted, as fvcore leaves
+        # aten::softmax itself; every multiply-add is in the analytic count below.
+        assert set(flops.unsupported_ops("model.sem_seg_head")) <= {"aten::amax", "aten::sum"}
         assert flops.by_operator()["bmm"] > 0
         assert flops.by_module()["model.sem_seg_head.rsp"] == _rsp_analytic_flops(cfg, fpn_shapes)
 

@@ -32,6 +32,9 @@ EXTRA_ZERO_COST_OPS = (
     "aten::unbind",
     "aten::roll",
     "aten::repeat",
+    # The reductions of RSE's spelled-out softmax: 0, as fvcore counts aten::softmax.
+    "aten::amax",
+    "aten::sum",
 )
 
 _WRAPPER_PREFIX = "model."  # TracingAdapter stores the model as ``.model``
