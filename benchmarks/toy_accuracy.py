@@ -221,6 +221,26 @@ def _diff(d):
     return f"{d['mean']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]{mark}"
 
 
+PRIMARY_METRIC = {"semantic": "mIoU", "panoptic": "PQ"}
+
+
+def summary_lines(report):
+    """One line per comparison and setting on its primary metric (mIoU or PQ): the lines the
+    README quotes (``tests/test_quoted_numbers.py`` compares them)."""
+    lines = []
+    for setting, comparisons in report["comparisons"].items():
+        for name, per_metric in comparisons.items():
+            a, b = name.split(" - ")
+            metric = PRIMARY_METRIC[ROWS[a][2]]
+            d = per_metric[metric]
+            verdict = "significant" if d["significant"] else "not significant"
+            lines.append(
+                f"- `{setting}`: {ROWS[a][0]} − {ROWS[b][0]}, {metric} "
+                f"{_diff(d).replace(' **significant**', '')}, {verdict}"
+            )
+    return lines
+
+
 def render_markdown(report):
     """``toy_accuracy.md`` from the JSON report alone (``tests/test_quoted_numbers.py`` renders
     it again and compares)."""
@@ -239,6 +259,10 @@ def render_markdown(report):
         "Comparisons: mean paired difference (same seeds) with its 95% t-interval; "
         "**significant** when the interval excludes 0. Toy data only: these numbers say "
         "nothing about Cityscapes or COCO.",
+        "",
+        "## Summary: primary metric, difference [95% CI]",
+        "",
+        *summary_lines(report),
         "",
     ]
     for setting, models in report["models"].items():

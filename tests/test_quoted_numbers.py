@@ -13,6 +13,7 @@ The README's and MODEL_ZOO.md's config tables are checked against config_costs.j
 ``tests/test_nrd_recipe.py``.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -31,6 +32,16 @@ NUMBER = re.compile(
 def _json(name):
     with open(os.path.join(RESULTS, name)) as f:
         return json.load(f)
+
+
+def _benchmark(name):
+    """A script of benchmarks/ as a module (they are not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(ROOT, "benchmarks", name + ".py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _costs(config):
@@ -77,6 +88,7 @@ def quotes_readme():
     yield f"NRD's decoder costs {share:.1f}% of DeepLabV3+'s decoder"
     aux = _costs(CS + "nrd_R_50_84k_bs16.yaml")["params"]["train_only"]
     yield f"auxiliary FCN head ({aux / 1e6:.1f} M,"
+    yield from _benchmark("toy_accuracy").summary_lines(_json("toy_accuracy.json"))
 
 
 def quotes_model_zoo():
@@ -304,3 +316,12 @@ def test_the_check_can_fail(monkeypatch):
 def test_not_measured_lists_only_numbers_the_document_has(doc):
     stale = sorted(set(NOT_MEASURED[doc]) - set(_leftover_numbers(doc)))
     assert not stale, f"NOT_MEASURED[{doc!r}] lists numbers it no longer has: {stale}"
+
+
+def test_toy_accuracy_report_is_rendered_from_its_json():
+    with open(os.path.join(RESULTS, "toy_accuracy.md")) as f:
+        md = f.read()
+    report = _json("toy_accuracy.json")
+    assert md == _benchmark("toy_accuracy").render_markdown(report) + "\n"
+    assert len(report["settings"]["seeds"]) >= 5
+    assert set(report["models"]) == {"default", "highres"}
