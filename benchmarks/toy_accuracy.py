@@ -137,11 +137,16 @@ def run_one(config_file, opts, output_dir, kind):
     return out
 
 
+# The metrics of a finished run, next to its Detectron2 output (whose metrics.json is Detectron2's
+# training log, not ours).
+CACHE_NAME = "toy_accuracy_run.json"
+
+
 def _job(job):
     """One (setting, row, seed) in a worker process: Detectron2's log (with its ETA) goes to
-    ``<work dir>/log.txt``; the metrics are cached in ``metrics.json`` next to it."""
+    ``<work dir>/log.txt``; the metrics are cached in :data:`CACHE_NAME` next to it."""
     setting, row, seed, opts, work_dir = job
-    cache = os.path.join(work_dir, "metrics.json")
+    cache = os.path.join(work_dir, CACHE_NAME)
     if os.path.exists(cache):
         with open(cache) as f:
             return job, json.load(f)
