@@ -223,6 +223,7 @@ NOT_MEASURED = {
         "0.05": "default of DATALOADER.MAX_SKIPPED_FRACTION",
         "75": "the RSP paper's claim (75% fewer FLOPs)",
         "30": "the NRD paper's claim (about 30% of DeepLabV3+'s decoder)",
+        "95": "the confidence level of the toy comparisons (95%)",
     },
     "MODEL_ZOO.md": {},
     "docs/NRD.md": {
