@@ -181,9 +181,13 @@ def run_all(args, opts_common):
     ctx = multiprocessing.get_context("spawn")
     with futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
         pending = [pool.submit(_job, job) for job in jobs]
-        for done in tqdm(futures.as_completed(pending), total=len(jobs), desc="runs", unit="run"):
-            (setting, row, seed, _, _), metrics = done.result()
-            runs.setdefault(setting, {}).setdefault(row, {})[str(seed)] = metrics
+        try:
+            for done in tqdm(futures.as_completed(pending), total=len(jobs), unit="run"):
+                (setting, row, seed, _, _), metrics = done.result()
+                runs.setdefault(setting, {}).setdefault(row, {})[str(seed)] = metrics
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # stop now, not after every queued run
+            raise
     return runs
 
 
