@@ -1,27 +1,58 @@
-"""Test-only fault injection: a NaN loss at a chosen training iteration (and rank), through a
-forward hook, so that it flows into ``backward`` exactly like a real divergence."""
+"""Test-only fault injection, through a forward hook at a chosen training iteration (and rank):
+a NaN loss that flows into ``backward`` exactly like a real divergence
+(``NRD_RSP_INJECT_NAN_LOSS``), or an exception raised in the step (``NRD_RSP_INJECT_ERROR``:
+``RuntimeError``, or with ``:fpe`` the ``FloatingPointError`` of Detectron2's RPN check)."""
 
 import logging
 import os
 
 from detectron2.utils import comm
 
-__all__ = ["NAN_INJECTION_ENV", "install_nan_injection"]
+__all__ = ["NAN_INJECTION_ENV", "ERROR_INJECTION_ENV", "install_nan_injection"]
 
 logger = logging.getLogger("nrd_rsp")
 
 NAN_INJECTION_ENV = "NRD_RSP_INJECT_NAN_LOSS"
+ERROR_INJECTION_ENV = "NRD_RSP_INJECT_ERROR"
+
+
+def _parse(spec: str):
+    """``ITER[@RANK][:KIND]`` -> (iteration, rank or None, kind)."""
+    spec, _, kind = spec.partition(":")
+    it, _, rank = spec.partition("@")
+    return int(it), (int(rank) if rank else None), kind
+
+
+def _install_error_injection(model, trainer) -> None:
+    spec = os.environ.get(ERROR_INJECTION_ENV, "")
+    if not spec:
+        return
+    it, rank, kind = _parse(spec)
+    logger.warning(f"{ERROR_INJECTION_ENV}={spec}: an error will be raised at iteration {it}")
+
+    # Only in a job's first attempt: a torchrun elastic restart runs clean.
+    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+
+    def hook(module, inputs, output):
+        hit = trainer.iter == it and rank in (None, comm.get_rank())
+        if module.training and hit and first_attempt:
+            if kind == "fpe":
+                raise FloatingPointError("Predicted boxes or scores contain Inf/NaN (injected).")
+            raise RuntimeError(f"injected fault at iteration {it}")
+        return output
+
+    model.register_forward_hook(hook)
 
 
 def install_nan_injection(model, trainer) -> None:
     """With ``NRD_RSP_INJECT_NAN_LOSS=ITER`` (or ``ITER@RANK``) in the environment, make the
     first loss term of ``model`` NaN at ``trainer.iter == ITER`` (on rank RANK only). Install it
     before any other forward hook that reads the losses. A no-op without the variable."""
+    _install_error_injection(model, trainer)
     spec = os.environ.get(NAN_INJECTION_ENV, "")
     if not spec:
         return
-    it, _, rank = spec.partition("@")
-    it, rank = int(it), (int(rank) if rank else None)
+    it, rank, _ = _parse(spec)
     logger.warning(f"{NAN_INJECTION_ENV}={spec}: a NaN loss will be injected at iteration {it}")
 
     def hook(module, inputs, output):
