@@ -37,6 +37,7 @@ from nrd_rsp.engine import check_weights_file, load_model_for_eval, setup_cfg
 from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
 from nrd_rsp.export import ExportedModel
 from nrd_rsp.predictor import Predictor, draw_predictions
+from nrd_rsp.safe_loading import add_allow_unsafe_config_argument
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -44,6 +45,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 def build_parser():
     p = OneLineArgumentParser(prog="demo.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--config-file", required=True, metavar="FILE")
+    add_allow_unsafe_config_argument(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", nargs="+", metavar="IMAGE", help="image files or glob patterns")
     src.add_argument("--video-input", metavar="VIDEO", help="a video file")

@@ -36,6 +36,7 @@ import nrd_rsp  # noqa: F401  (registers datasets, heads and meta-architectures)
 from nrd_rsp import analysis as A
 from nrd_rsp.engine import Trainer, validate_cfg
 from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
+from nrd_rsp.safe_loading import add_allow_unsafe_config_argument
 
 logger = logging.getLogger("nrd_rsp.analyze_model")
 TASKS = ("flop", "parameter", "activation", "structure")
@@ -46,6 +47,7 @@ def parse_args(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--config-file", required=True, metavar="FILE")
+    add_allow_unsafe_config_argument(p)
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=["flop", "parameter"])
     p.add_argument(
         "--input-size",

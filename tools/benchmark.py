@@ -53,6 +53,7 @@ from nrd_rsp import analysis as A
 from nrd_rsp.analysis.speed import interleaved_rounds, ratio_stats, timed
 from nrd_rsp.engine import Trainer
 from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
+from nrd_rsp.safe_loading import add_allow_unsafe_config_argument
 
 logger = logging.getLogger("nrd_rsp.benchmark")
 
@@ -69,6 +70,7 @@ def parse_args(argv=None):
         help="config to measure; repeat it to measure several side by side in interleaved "
         "rounds (ratios against the first)",
     )
+    add_allow_unsafe_config_argument(p)
     p.add_argument("--task", choices=["inference", "train"], default="inference")
     p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"))
     p.add_argument("--batch-size", type=int, default=None, help="default: 1 (inference), 2 (train)")

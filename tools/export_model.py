@@ -59,6 +59,7 @@ from nrd_rsp.export import (
     combine_settings,
     panoptic_tracing_adapter,
 )
+from nrd_rsp.safe_loading import add_allow_unsafe_config_argument
 
 FORMATS = ("torchscript", "onnx")
 _FILENAMES = {"torchscript": "model.ts", "onnx": "model.onnx"}
@@ -315,6 +316,7 @@ def evaluate_exported(cfg, path, output_dir):
 def build_parser():
     p = OneLineArgumentParser(prog="export_model.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--config-file", required=True, metavar="FILE")
+    add_allow_unsafe_config_argument(p)
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--output", default="./output/export", metavar="DIR")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))

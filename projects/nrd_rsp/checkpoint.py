@@ -15,6 +15,11 @@ checkpoint behind, survives a corrupt one at ``--resume``, and refuses weights o
   shape, in the checkpoint; loading ``MODEL.WEIGHTS`` for training needs at least one tensor to
   fit (else it is clearly another architecture); other mismatches get Detectron2's warnings.
   A violation raises :class:`CheckpointMismatchError` with a table of the mismatched keys.
+* **No code from a weights file** (:mod:`nrd_rsp.safe_loading`). ``.pkl`` files are read with a
+  restricted unpickler, everything else with ``torch.load(weights_only=True)``; a file that would
+  call anything else raises :class:`UnsafeCheckpointError` (not skipped at ``--resume``). A
+  weights URL is checked against the sha256 its name or the model zoo records. Model entries
+  other than tensors and numpy arrays are one :class:`CorruptCheckpointError`.
 """
 
 import errno
@@ -25,7 +30,9 @@ import re
 import shutil
 import tempfile
 from typing import Callable, Dict, List, Optional, Tuple
+from urllib.parse import urlparse
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _filter_reused_missing_keys
@@ -37,7 +44,9 @@ from .errors import (
     ConfigError,
     CorruptCheckpointError,
     DiskFullError,
+    UnsafeCheckpointError,
 )
+from .safe_loading import fetch_weights, read_d2_pkl, unsafe_global_in, unsafe_weights_message
 
 __all__ = [
     "check_d2_weights_path",
@@ -45,6 +54,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "CorruptCheckpointError",
+    "UnsafeCheckpointError",
     "SafeCheckpointer",
     "atomic_write",
     "load_weights",
@@ -67,6 +77,8 @@ def torch_load_tensors(path, what):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        if unsafe_global_in(e):
+            raise UnsafeCheckpointError(unsafe_weights_message(path, unsafe_global_in(e))) from None
         msg = str(e)
         m = re.search(r"WeightsUnpickler error:\s*(.+?)\n\n", msg, re.S)
         reason = m.group(1).strip() if m else (msg.strip().splitlines() or [type(e).__name__])[0]
@@ -195,15 +207,24 @@ class SafeCheckpointer(DetectionCheckpointer):
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict:
         self._path_being_loaded = path
         try:
+            if path and "://" in path:  # download (Detectron2's cache) and check its sha256
+                fetch_weights(urlparse(path)._replace(query="").geturl())
             return super().load(path, checkpointables)
         finally:
             self._path_being_loaded = ""
             self._parsed_url_during_load = None  # DetectionCheckpointer resets it only on success
 
     def _load_file(self, filename: str):
-        try:
-            data = super()._load_file(filename)
+        try:  # .pkl: restricted unpickler; .pth, .pyth: torch.load(weights_only=True)
+            data = (
+                read_d2_pkl(filename) if filename.endswith(".pkl") else super()._load_file(filename)
+            )
+        except UnsafeCheckpointError:
+            raise
         except Exception as e:
+            if unsafe_global_in(e):
+                msg = unsafe_weights_message(filename, unsafe_global_in(e))
+                raise UnsafeCheckpointError(msg) from None
             raise CorruptCheckpointError(
                 f"cannot read checkpoint '{filename}': {type(e).__name__}: {e}"
             ) from e
@@ -211,7 +232,17 @@ class SafeCheckpointer(DetectionCheckpointer):
             raise CorruptCheckpointError(
                 f"'{filename}' is not a checkpoint (no 'model' state dict)"
             )
+        for k, v in data["model"].items():  # what Detectron2 can load (else its ValueError)
+            if not isinstance(v, (np.ndarray, torch.Tensor)):
+                raise CorruptCheckpointError(
+                    f"'{filename}' cannot be loaded: its model entry '{k}' is a "
+                    f"{type(v).__name__}, not a tensor or numpy array (the only types Detectron2 "
+                    "loads); re-save it with tensors or arrays only"
+                )
         return data
+
+    def _torch_load(self, f):
+        return torch.load(f, map_location="cpu", weights_only=True)
 
     def _load_model(self, checkpoint):
         ckpt_shapes = {

@@ -25,6 +25,9 @@ __all__ = [
     "CheckpointError",
     "CorruptCheckpointError",
     "CheckpointMismatchError",
+    "UnsafeCheckpointError",
+    "WeightsHashMismatchError",
+    "UnsafeConfigError",
     "BadSampleError",
     "TooManyBadSamplesError",
     "NonFiniteLossError",
@@ -79,6 +82,19 @@ class CheckpointMismatchError(CheckpointError):
     def __init__(self, message: str, table: str = ""):
         super().__init__(message)
         self.table = table
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A weights file would call a Python global that weight files never need (it could run
+    code); refused before anything in it was called."""
+
+
+class WeightsHashMismatchError(CheckpointError):
+    """A downloaded weights file does not have the sha256 its name or the model zoo records."""
+
+
+class UnsafeConfigError(ConfigError):
+    """A config file uses a YAML tag that ``yaml.safe_load`` refuses (Python tags can run code)."""
 
 
 class BadSampleError(RunError, ValueError):

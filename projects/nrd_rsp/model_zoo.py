@@ -10,6 +10,8 @@ Config paths are relative to the project's ``configs/`` directory, with or witho
 That directory is ``$NRD_RSP_CONFIGS`` when set, else the first ``configs/`` found walking up
 from this package (``<repo>/configs`` in an editable install). ``CHECKPOINT_URLS`` lists one
 published checkpoint per config (see MODEL_ZOO.md); every URL is empty until a release fills it.
+A downloaded checkpoint is checked against the sha256 in ``CHECKPOINT_SHA256`` (or, without an
+entry there, the ``<sha256[:6]>`` of its ``model_final_<sha256[:6]>.pth`` name) before use.
 """
 
 import difflib
@@ -19,10 +21,12 @@ from typing import Dict, List, Optional, Sequence
 from .checkpoint import load_weights
 from .engine import Trainer, setup_cfg
 from .errors import ConfigError
+from .safe_loading import register_sha256
 
 __all__ = [
     "CONFIGS_ENV",
     "CHECKPOINT_URLS",
+    "CHECKPOINT_SHA256",
     "ModelZooError",
     "get_configs_dir",
     "list_configs",
@@ -65,6 +69,10 @@ CHECKPOINT_URLS: Dict[str, str] = {
     "COCO-PanopticSegmentation/rsp_panoptic_fpn_R_101_3x": "",
     "COCO-PanopticSegmentation/nrd_rsp_panoptic_fpn_R_50_1x": "",
 }
+
+# Config -> full sha256 of its published checkpoint (the "sha256" of tools/publish_model.py's
+# metrics.json); get_checkpoint_url registers it, and the download is checked against it.
+CHECKPOINT_SHA256: Dict[str, str] = {}
 
 
 class ModelZooError(ConfigError):
@@ -144,7 +152,8 @@ def get_config_file(config_path: str) -> str:
 
 
 def get_checkpoint_url(config_path: str) -> str:
-    """URL (or path) of the published checkpoint of ``config_path``.
+    """URL (or path) of the published checkpoint of ``config_path``; its sha256 in
+    ``CHECKPOINT_SHA256``, if any, is registered for the check of the download.
 
     Raises:
         ModelZooError: the config is unknown, or no checkpoint is published for it (yet).
@@ -158,6 +167,8 @@ def get_checkpoint_url(config_path: str) -> str:
             f"`python train_net.py --config-file {os.path.join('configs', name)}.yaml` and pass "
             "MODEL.WEIGHTS, or use trained=False."
         )
+    if CHECKPOINT_SHA256.get(name):  # checked when the file is fetched
+        register_sha256(url, CHECKPOINT_SHA256[name])
     return url
 
 

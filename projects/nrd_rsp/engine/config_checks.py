@@ -16,12 +16,12 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 
 from ..config import add_nrd_rsp_config
 from ..data.catalog import check_dataset_available
 from ..data.datasets.register_toy import configure_toy_datasets_from_cfg
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsafeConfigError, WeightsHashMismatchError
+from ..safe_loading import fetch_weights, merge_config_file
 
 __all__ = [
     "setup_cfg",
@@ -37,9 +37,10 @@ __all__ = [
 logger = logging.getLogger("nrd_rsp")
 
 
-def _load_cfg(config_file, opts):
-    """Detectron2's defaults + the project's keys + ``config_file`` + ``opts``; ConfigError on
-    a missing file, an unknown key or a bad override."""
+def _load_cfg(config_file, opts, allow_unsafe_config=None):
+    """Detectron2's defaults + the project's keys + ``config_file`` (``yaml.safe_load`` only,
+    :func:`nrd_rsp.safe_loading.merge_config_file`) + ``opts``; ConfigError on a missing file, a
+    Python YAML tag, an unknown key or a bad override."""
     if not config_file:
         raise ConfigError(
             "No config file given: pass --config-file, e.g. configs/Toy/semantic_fpn_R_18_toy.yaml"
@@ -51,7 +52,9 @@ def _load_cfg(config_file, opts):
     cfg = get_cfg()
     add_nrd_rsp_config(cfg)
     try:
-        cfg.merge_from_file(config_file)
+        merge_config_file(cfg, config_file, allow_unsafe=allow_unsafe_config)
+    except UnsafeConfigError:
+        raise
     except KeyError as e:
         key = e.args[0] if e.args else e
         raise ConfigError(f"Unknown config key in {config_file}: {key}") from e
@@ -67,12 +70,14 @@ def _load_cfg(config_file, opts):
     return cfg
 
 
-def setup_cfg(config_file, opts=(), freeze=True, quiet=False):
+def setup_cfg(config_file, opts=(), freeze=True, quiet=False, allow_unsafe_config=None):
     """Load ``config_file`` on top of Detectron2's and the project's defaults, apply ``opts``
     (KEY VALUE pairs), fall back to CPU when CUDA is missing (:func:`adapt_cfg_to_cpu`), and
     register the toy datasets with the config's ``DATASETS.TOY`` parameters. ``quiet``: no log
-    lines (for a check before the processes that will log them start)."""
-    cfg = _load_cfg(config_file, opts)
+    lines (for a check before the processes that will log them start). ``allow_unsafe_config``:
+    read a config with Python YAML tags (default: ``--allow-unsafe-config`` was given,
+    :func:`nrd_rsp.safe_loading.unsafe_config_allowed`)."""
+    cfg = _load_cfg(config_file, opts, allow_unsafe_config)
     adapt_cfg_to_cpu(cfg, log=logger.warning if not quiet else (lambda msg: None))
     configure_toy_datasets_from_cfg(cfg)
     if freeze:
@@ -187,9 +192,10 @@ def check_weights_file(cfg, eval_only=False):
 def check_weights(cfg, eval_only=False, resume=False, quiet=False):
     """``MODEL.WEIGHTS`` at start-up, before any data is loaded: a missing local file
     (:func:`check_weights_file`) or a URL that cannot be fetched (it is fetched now, into
-    Detectron2's cache) is a ``ConfigError``; empty weights with a FrozenBN backbone log that
-    such a backbone cannot train from scratch. Skipped with ``resume`` when ``OUTPUT_DIR`` has a
-    checkpoint to resume from. ``quiet``: no warning."""
+    Detectron2's cache) is a ``ConfigError``, a download whose sha256 differs from the one its
+    name or the model zoo records a ``WeightsHashMismatchError``; empty weights with a FrozenBN
+    backbone log that such a backbone cannot train from scratch. Skipped with ``resume`` when
+    ``OUTPUT_DIR`` has a checkpoint to resume from. ``quiet``: no warning."""
     weights = cfg.MODEL.WEIGHTS
     if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
         return
@@ -206,7 +212,9 @@ def check_weights(cfg, eval_only=False, resume=False, quiet=False):
     if "://" not in weights:
         return
     try:
-        PathManager.get_local_path(weights)
+        fetch_weights(weights)  # PathManager.get_local_path, then the sha256 check
+    except WeightsHashMismatchError:
+        raise
     except Exception as e:  # URLError, HTTPError, socket errors, ...
         reason = getattr(e, "reason", None) or e
         raise ConfigError(
