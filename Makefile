@@ -6,6 +6,7 @@
 #                              .venv/bin/pip install --no-build-isolation -e /path/to/detectron2
 #   make quickstart            train + evaluate the toy model on CPU (GPU if there is one)
 #   make test                  formatting and lint (ruff, 100 columns), then the whole test suite
+#                              (and the GPU tests, pytest -m cuda, when CUDA is available)
 PYTHON ?= python3.10
 VENV ?= .venv
 D2 ?= pypi
@@ -46,6 +47,9 @@ test: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	@# The GPU tests (marked cuda) run in their own session, with CUDA visible, when there is one.
+	@if $(PY) -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \
+	  $(PY) -m pytest -q -m cuda tests; fi
 
 clean:
 	rm -rf output .pytest_cache

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Summary table of ``benchmarks/gpu_check.sh``: reads what the check wrote to ``--output-dir``
-(``decoders_fp32/decoders.json``, ``decoders_bf16/decoders.json``, ``train_*.json`` of
-``tools/benchmark.py`` and ``steps.tsv``) and writes ``summary.md`` there: device, torch
-version, settings, the steps with their status and duration, then one table for the decoders
-(fp32 and AMP) and one for the training steps, with the peak memory of every row."""
+"""Summary of ``benchmarks/gpu_check.sh``: reads what the check wrote to ``--output-dir``
+(``steps.tsv``, ``preflight.json``, ``parity.json``, ``amp_diffs.json``, ``step_*.json`` of
+``benchmarks/gpu_steps.py``, ``decoders_{fp32,bf16}/decoders.json``) and writes ``summary.md``
+there: device, versions, the steps with their status and duration, CPU-vs-CUDA parity, AMP-vs-
+float32 differences, one row per config (float32 / bf16 / fp16 training step time and peak
+memory) and the decoders table. Whatever a step did not write is left out or shown as n/a."""
 
 import argparse
 import glob
@@ -37,7 +38,7 @@ def _steps(out_dir):
         with open(os.path.join(out_dir, "steps.tsv")) as f:
             for line in f:
                 name, rc, seconds, command = line.rstrip("\n").split("\t", 3)
-                steps.append((name, int(rc), int(seconds), command))
+                steps.append((name, rc, int(seconds), command))
     except OSError:
         pass
     return steps
@@ -61,6 +62,11 @@ def summarise(out_dir, mode):
             break
     if trains:
         device, torch_version = trains[0]["device_name"], trains[0]["torch"]
+    for path in sorted(glob.glob(os.path.join(out_dir, "step_*.json"))):
+        raw = _load(path)
+        if raw:
+            device, torch_version = raw["device"], raw["torch"]
+            break
     steps = _steps(out_dir)
     total = sum(s[2] for s in steps)
     lines = [
@@ -100,6 +106,7 @@ def summarise(out_dir, mode):
         "|:---|---:|---:|:---|",
     ]
     lines += [f"| {n} | {rc} | {s} | `{c}` |" for n, rc, s, c in steps]
+    lines += _check_sections(out_dir)
 
     lines += ["", "## Decoders (inference, semantic path)", ""]
     by_amp = {amp: {r["key"]: r for r in raw["results"]} if raw else {} for amp, raw in dec.items()}
@@ -138,8 +145,8 @@ def summarise(out_dir, mode):
     else:
         lines.append("No decoder results (see the steps above).")
 
-    lines += ["", "## One AMP training step per config", ""]
     if trains:
+        lines += ["", "## One AMP training step per config (tools/benchmark.py)", ""]
         lines += [
             "| Config | Input (B x H x W) | Step (ms), median (IQR) | vs first of its dataset "
             "| Own memory (MiB) | Process peak (MiB) |",
@@ -153,10 +160,44 @@ def summarise(out_dir, mode):
                 f"{_ratio(t, 'latency_ratio_', '_vs_baseline')} | "
                 f"{t['own_memory_mib']:.0f} | {t['peak_memory_mib']:.0f} |"
             )
-    else:
-        lines.append("No training results (see the steps above).")
     lines.append("")
     return "\n".join(lines), device, torch_version
+
+
+def _check_sections(out_dir):
+    """Preflight, parity, AMP differences and per-config training steps (gpu_steps.py)."""
+    lines = []
+    pre = _load(os.path.join(out_dir, "preflight.json"))
+    if pre:
+        lines += ["", "## Preflight", ""]
+        lines += [f"* {k}: {v}" for k, v in pre.items()]
+    par = _load(os.path.join(out_dir, "parity.json"))
+    if par:
+        lines += ["", f"## CPU vs {par['device']} float32 (TF32 off): relative difference", ""]
+        lines += [f"* {k}: {v:.2e}" for k, v in par.items() if isinstance(v, float)]
+    amp = _load(os.path.join(out_dir, "amp_diffs.json"))
+    if amp:
+        lines += ["", "## AMP vs float32, one training step: relative difference", ""]
+        lines += ["| Config | AMP | Loss terms | Gradient |", "|:---|:---|:---|---:|"]
+        for config, rows in amp["configs"].items():
+            for name, r in rows.items():
+                terms = ", ".join(f"{k} {v:.1e}" for k, v in r["losses"].items())
+                lines.append(f"| `{config}` | {name} | {terms} | {r['grad']:.2e} |")
+    rows = [_load(p) for p in sorted(glob.glob(os.path.join(out_dir, "step_*.json")))]
+    rows = [r for r in rows if r]
+    if rows:
+        lines += ["", "## Training step per config (batch 2, one process each)", ""]
+        head = "| Config | Input | " + " | ".join(
+            f"{a} step (ms) | {a} peak (MiB)" for a in ("off", "bf16", "fp16")
+        )
+        lines += [head + " |", "|:---|:---|" + "---:|" * 6]
+        for r in rows:
+            cells = [f"`{r['config_file']}`", "x".join(map(str, r["input_size"]))]
+            for a in ("off", "bf16", "fp16"):
+                m = r["rows"].get(a)
+                cells += [_fmt(m and m["step_ms"]), _fmt(m and m["peak_mib"], "{:.0f}")]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv=None):

@@ -1,5 +1,6 @@
 """Shared test set-up: a session-wide dataset root (the toy data is generated there on first use),
-CPU-only, and helpers to run ``train_net.py`` as a user would."""
+CPU-only (the ``cuda``-marked tests excepted: ``pytest -m cuda`` runs them on a GPU), and helpers
+to run ``train_net.py`` as a user would."""
 
 import os
 import subprocess
@@ -18,11 +19,41 @@ def pytest_configure(config):
     )
     os.makedirs(base, exist_ok=True)
     os.environ["DETECTRON2_DATASETS"] = base
-    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    config.addinivalue_line(
+        "markers",
+        "cuda: needs a CUDA GPU; runs with `pytest -m cuda` (CUDA stays visible then), skipped "
+        "otherwise",
+    )
+    # The CPU tests (and the train_net.py runs they start) never see a GPU; a run that selects
+    # the cuda-marked tests (`-m cuda`) keeps it visible.
+    if not _selects_cuda_tests(config):
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     # One thread per process: `make test` runs two pytest workers (pytest-xdist) on 2 cores, and the
     # train_net.py subprocesses inherit this.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+def _selects_cuda_tests(config):
+    expr = config.getoption("markexpr", "") or ""
+    return "cuda" in expr and "not cuda" not in expr
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the cuda-marked tests, saying why, unless ``-m cuda`` selected them on a GPU."""
+    cuda_items = [item for item in items if "cuda" in item.keywords]
+    if not cuda_items:
+        return
+    if _selects_cuda_tests(config):
+        import torch
+
+        if torch.cuda.is_available():
+            return
+        reason = "needs CUDA: no GPU on this machine"
+    else:
+        reason = "GPU test: CUDA is hidden from the CPU tests; run `pytest -m cuda` on a GPU"
+    for item in cuda_items:
+        item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(autouse=True)

@@ -235,34 +235,79 @@ def test_benchmark_interleaves_several_configs(capsys, tmp_path):
     assert out.count("latency_ms_median: ") == 2 and "latency_ratio_vs_baseline: " in out
 
 
-def test_gpu_check_dry_run_writes_its_summary(tmp_path):
-    config = "configs/Cityscapes-SemanticSegmentation/semantic_fpn_R_50_90k_bs16.yaml"
-    env = dict(os.environ, GPU_CHECK_CONFIGS=config, PYTHON=sys.executable)
-    r = subprocess.run(
-        ["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), "--dry-run"],
+def _gpu_check(tmp_path, *args, configs=""):
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path))  # the device tool's folder
+    if configs:
+        env["GPU_CHECK_CONFIGS"] = configs
+    return subprocess.run(
+        ["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), *args],
         cwd=ROOT,
-        env=dict(env, OUT=str(tmp_path)),  # the output folder of the device tool
+        env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
+
+
+def test_gpu_check_dry_run_writes_every_step_and_its_summary(tmp_path):
+    configs = [
+        "configs/Cityscapes-SemanticSegmentation/semantic_fpn_R_50_90k_bs16.yaml",
+        "configs/COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml",
+    ]
+    r = _gpu_check(tmp_path, "--dry-run", configs=" ".join(configs))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    steps = [line.split("\t") for line in (tmp_path / "steps.tsv").read_text().splitlines()]
+    names = [s[0] for s in steps]
+    assert names == [
+        "preflight",
+        "parity",
+        "amp_diffs",
+        "toy_train",
+        "toy_resume",
+        "toy_eval_tta",
+        "step_Cityscapes-SemanticSegmentation_semantic_fpn_R_50_90k_bs16",
+        "step_COCO-PanopticSegmentation_panoptic_fpn_R_50_1x",
+    ]
+    assert all(s[1] == "0" for s in steps), steps
+    by_name = {s[0]: s[3] for s in steps}
+    assert "SOLVER.AMP.ENABLED True" in by_name["toy_train"]
+    assert (
+        "--resume" in by_name["toy_resume"] and "TEST.AUG.ENABLED True" in by_name["toy_eval_tta"]
+    )
+    coco = by_name["step_COCO-PanopticSegmentation_panoptic_fpn_R_50_1x"]
+    assert "MODEL.RESNETS.NORM BN SOLVER.BASE_LR 0.0" in coco
+    assert (
+        "SOLVER.BASE_LR"
+        not in by_name["step_Cityscapes-SemanticSegmentation_semantic_fpn_R_50_90k_bs16"]
+    )
+    parity = json.loads((tmp_path / "parity.json").read_text())
+    assert set(parity) >= {"RSE", "RSP", "NRD head"} and parity["tf32"] is False
+    amp = json.loads((tmp_path / "amp_diffs.json").read_text())["configs"]
+    assert all(0 <= row["bf16"]["grad"] < 1 for row in amp.values())
+    assert (tmp_path / "toy_amp" / "eval_results.json").exists()
+    for config in configs:  # one process and one file per config, fp32 and AMP rows
+        name = "step_" + "_".join(config.split("/")[1:])[: -len(".yaml")]
+        rows = json.loads((tmp_path / f"{name}.json").read_text())["rows"]
+        assert set(rows) == {"off", "bf16"} and all(r["step_ms"] > 0 for r in rows.values())
     md = (tmp_path / "summary.md").read_text()
     assert "dry run" in md and f"torch {torch.__version__}" in md and "Device: CPU" in md
-    steps = [line.split("\t") for line in (tmp_path / "steps.tsv").read_text().splitlines()]
-    assert [s[:2] for s in steps] == [
-        ["decoders_fp32", "0"],
-        ["decoders_bf16", "0"],
-        ["train_Cityscapes-SemanticSegmentation", "0"],
-    ]
-    assert "--amp bf16" in steps[1][3] and "--task train --amp bf16" in steps[2][3]
-    rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if "|" in line}
-    for label in ("Semantic FPN R-50", "NRD R-50"):  # fp32 and bf16 latency, ratio and memory
-        cells = rows[label].strip("| ").split(" | ")
-        assert len(cells) == 8 and "n/a" not in cells[2:], cells
-    assert rows["Semantic FPN R-50"].split(" | ")[3] == "1.00 (1.00-1.00)"
-    train = rows[f"`{config}`"].strip("| ").split(" | ")
-    assert train[1] == "2 x 64 x 128" and float(train[4]) > 0 and float(train[5]) > 0
+    assert "## CPU vs cpu float32 (TF32 off)" in md and "## AMP vs float32" in md
+    assert f"| `{configs[1]}` | 64x128 |" in md
+
+
+def test_gpu_check_stops_after_the_preflight_without_cuda(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is available")
+    r = _gpu_check(tmp_path)
+    assert r.returncode == 1
+    assert (
+        "CUDA is not available: stopping the GPU check here."
+        in (tmp_path / "logs" / "preflight.log").read_text()
+    )
+    steps = (tmp_path / "steps.tsv").read_text().splitlines()
+    assert [s.split("\t")[:2] for s in steps] == [["preflight", "3"]]
+    assert json.loads((tmp_path / "preflight.json").read_text())["cuda_available"] is False
+    assert (tmp_path / "summary.md").exists()
 
 
 def test_fp16_on_cpu_is_a_clear_error(capsys):

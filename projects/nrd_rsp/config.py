@@ -25,6 +25,7 @@ def add_nrd_rsp_config(cfg):
     _register_renamed_keys(cfg)
     _add_solver_and_test_config(cfg)
     _add_reliability_config(cfg)
+    _add_precision_config(cfg)
     cfg._NRD_RSP_CONFIG_ADDED = True
 
 
@@ -181,3 +182,15 @@ def _add_reliability_config(cfg):
     cfg.DATALOADER.DETERMINISTIC = True
     # Stop training (all ranks) before the optimizer step when a loss term is NaN/inf.
     cfg.SOLVER.CHECK_FINITE_LOSS = True
+
+
+def _add_precision_config(cfg):
+    """Mixed precision and determinism (nrd_rsp.engine.precision, nrd_rsp.engine.determinism);
+    README "Mixed precision and determinism"."""
+    # Autocast dtype of SOLVER.AMP.ENABLED: "float16" (with a GradScaler, dynamic loss scale) or
+    # "bfloat16" (no scaler needed). On CPU, float16 becomes bfloat16 (one log line).
+    cfg.SOLVER.AMP.PRECISION = "float16"
+    # Opt-in: torch.use_deterministic_algorithms(True, warn_only=True), cudnn.deterministic,
+    # cudnn.benchmark off, CUBLAS_WORKSPACE_CONFIG. Slower on GPU; the ops that stay
+    # nondeterministic are logged at start-up.
+    cfg.DETERMINISTIC_ALGORITHMS = False

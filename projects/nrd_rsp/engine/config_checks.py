@@ -22,6 +22,7 @@ from ..data.catalog import check_dataset_available
 from ..data.datasets.register_toy import configure_toy_datasets_from_cfg
 from ..errors import ConfigError, UnsafeConfigError, WeightsHashMismatchError
 from ..safe_loading import fetch_weights, merge_config_file
+from .precision import amp_dtype
 
 __all__ = [
     "setup_cfg",
@@ -97,19 +98,26 @@ def norm_keys_set_to(node, values, prefix=""):
 
 
 def adapt_cfg_to_cpu(cfg, log=logger.warning):
-    """Without CUDA: ``MODEL.DEVICE`` becomes ``cpu``, AMP is off, every ``SyncBN`` norm becomes
-    Detectron2's ``naiveSyncBN`` (``NaiveSyncBatchNorm`` all-reduces the batch statistics with
+    """Without CUDA: ``MODEL.DEVICE`` becomes ``cpu``, float16 AMP becomes bfloat16 AMP (CPU
+    autocast; bfloat16 needs no GradScaler), every ``SyncBN`` norm becomes Detectron2's
+    ``naiveSyncBN`` (``NaiveSyncBatchNorm`` all-reduces the batch statistics with
     ``torch.distributed``, which works over Gloo; PyTorch's ``SyncBatchNorm`` needs CUDA), and
     ``DATALOADER.NUM_WORKERS`` is capped at the cores per process of this machine. Same
-    parameter names, so checkpoints are interchangeable. ``log`` gets one line per change."""
+    parameter names, so checkpoints are interchangeable. ``log`` gets one line per change.
+    A ``SOLVER.AMP.PRECISION`` that is not a precision is a ``ConfigError``, on any device."""
+    if cfg.SOLVER.AMP.ENABLED:
+        amp_dtype(cfg)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         log(f"CUDA is not available: MODEL.DEVICE falls back from '{cfg.MODEL.DEVICE}' to 'cpu'.")
         cfg.MODEL.DEVICE = "cpu"
     if cfg.MODEL.DEVICE != "cpu":
         return
-    if cfg.SOLVER.AMP.ENABLED:
-        log("SOLVER.AMP.ENABLED needs CUDA; training in fp32 on CPU.")
-        cfg.SOLVER.AMP.ENABLED = False
+    if cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.PRECISION == "float16":
+        log(
+            "On CPU, SOLVER.AMP.PRECISION float16 -> bfloat16 (CPU autocast: float16 kernels are "
+            "slow there, bfloat16 needs no GradScaler)."
+        )
+        cfg.SOLVER.AMP.PRECISION = "bfloat16"
     sync_bn = norm_keys_set_to(cfg, {"SyncBN"})
     for key in sync_bn:
         cfg.merge_from_list([key, "naiveSyncBN"])

@@ -8,20 +8,29 @@ back-propagates). A non-finite loss term, or a fatal data-loader condition (too 
 samples, ``TrainingHealth.fatal_error``), raises on *every* rank (the findings are all-gathered
 when the world size is > 1), so no rank is left waiting in a collective and the weights are
 never updated from a non-finite gradient. The guard writes the skipped-sample totals over ranks
-and the loss terms averaged over ranks into the shared :class:`TrainingHealth`.
+and the loss terms averaged over ranks into the shared :class:`TrainingHealth`. It reads the loss
+terms to the host with one transfer per step (a single ``tolist`` of the stacked terms).
+
+With ``SOLVER.AMP.ENABLED`` the inner trainer is :class:`GuardedAMPTrainer`, autocast in
+``SOLVER.AMP.PRECISION`` on the model's device, CPU included (:mod:`.precision`).
 """
 
+import logging
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 
 from ..errors import NonFiniteLossError, TooManyBadSamplesError
 from ..training_health import TrainingHealth
+from .determinism import setup_determinism
+from .precision import DeviceAMPTrainer, amp_dtype, describe_precision
 
 __all__ = ["GuardedSimpleTrainer", "GuardedAMPTrainer", "build_guarded_trainer"]
+
+logger = logging.getLogger("nrd_rsp")
 
 # One rank's findings: (non-finite terms, fatal data error, skipped, seen, {term: value}).
 _Report = Tuple[List[str], Optional[str], int, int, Dict[str, float]]
@@ -81,7 +90,10 @@ class _GuardedStepMixin:
             self._guard_step(self._loss_dict, self.iter)
 
     def _local_report(self, loss_dict) -> _Report:
-        values = {k: v.detach().float().mean().item() for k, v in loss_dict.items()}
+        # One device-to-host transfer for all terms (not one .item() per term).
+        terms = [v.detach().float().mean() for v in loss_dict.values()]
+        terms = torch.stack(terms).tolist() if terms else []
+        values = dict(zip(loss_dict.keys(), terms))
         bad = [f"{k}={v}" for k, v in values.items() if not np.isfinite(v)]
         h = self.health
         return (bad if self.check_finite else [], h.fatal_error, h.num_skipped, h.num_seen, values)
@@ -131,13 +143,23 @@ class GuardedSimpleTrainer(_GuardedStepMixin, SimpleTrainer):
     """``SimpleTrainer`` with the step guard of ``_GuardedStepMixin``."""
 
 
-class GuardedAMPTrainer(_GuardedStepMixin, AMPTrainer):
-    """``AMPTrainer`` with the step guard of ``_GuardedStepMixin``."""
+class GuardedAMPTrainer(_GuardedStepMixin, DeviceAMPTrainer):
+    """:class:`~.precision.DeviceAMPTrainer` (CUDA or CPU autocast, float16 with a GradScaler or
+    bfloat16 without) with the step guard of ``_GuardedStepMixin``."""
 
 
 def build_guarded_trainer(cfg, model, data_loader, optimizer, health: TrainingHealth):
-    """The guarded inner trainer for ``cfg`` (AMP or not, ``SOLVER.CHECK_FINITE_LOSS``)."""
-    cls = GuardedAMPTrainer if cfg.SOLVER.AMP.ENABLED else GuardedSimpleTrainer
-    return cls(
-        model, data_loader, optimizer, health=health, check_finite=cfg.SOLVER.CHECK_FINITE_LOSS
-    )
+    """The guarded inner trainer for ``cfg`` (AMP in ``SOLVER.AMP.PRECISION`` on
+    ``MODEL.DEVICE`` or float32, ``SOLVER.CHECK_FINITE_LOSS``); logs the precision and applies
+    ``DETERMINISTIC_ALGORITHMS`` to this process (:func:`.determinism.setup_determinism`)."""
+    kwargs = {"health": health, "check_finite": cfg.SOLVER.CHECK_FINITE_LOSS}
+    if cfg.SOLVER.AMP.ENABLED:
+        cls = GuardedAMPTrainer
+        kwargs["precision"] = amp_dtype(cfg)
+        kwargs["device_type"] = torch.device(cfg.MODEL.DEVICE).type
+    else:
+        cls = GuardedSimpleTrainer
+    if comm.is_main_process():
+        logger.info(describe_precision(cfg))
+    setup_determinism(cfg)  # after default_setup's cudnn.benchmark, before the first step
+    return cls(model, data_loader, optimizer, **kwargs)

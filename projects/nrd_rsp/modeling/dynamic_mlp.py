@@ -7,9 +7,11 @@ controller's output. This module holds what defines those MLPs, independent of t
   weights and biases (the authors' order);
 * :func:`relative_coordinates`: the coordinates inside an ``r x r`` patch (optionally Fourier
   features), the first MLP inputs;
-* :class:`DynamicMLP`: all per-location MLPs applied to their patches with batched matmuls.
+* :class:`DynamicMLP`: all per-location MLPs applied to their patches with batched matmuls;
+* :func:`autocast_off`: the float32 region of the NRD decode under mixed precision.
 """
 
+import contextlib
 import math
 from typing import List, Sequence, Tuple
 
@@ -17,7 +19,27 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["DynamicMLP", "dynamic_param_layout", "num_dynamic_params", "relative_coordinates"]
+__all__ = [
+    "DynamicMLP",
+    "autocast_off",
+    "dynamic_param_layout",
+    "num_dynamic_params",
+    "relative_coordinates",
+]
+
+
+def autocast_off(tensor: torch.Tensor):
+    """A block where autocast is off for ``tensor``'s device type (a no-op when autocast is not
+    on): its operations run in the dtype of their inputs, which the caller makes float32.
+
+    NRD's dynamic weights start near ``1 / P`` (the authors' init), so the within-patch detail
+    the MLP adds is orders of magnitude below the logits; float16/bfloat16 rounding of the MLP's
+    sums (and float16 underflow of its gradients) would erase it. The decode therefore runs in
+    float32 under autocast (``NRDHead.layers``)."""
+    device_type = tensor.device.type
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def dynamic_param_layout(channels: Sequence[int]) -> List[Tuple[str, Tuple[int, ...]]]:

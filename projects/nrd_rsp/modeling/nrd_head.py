@@ -25,7 +25,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
-from .dynamic_mlp import DynamicMLP, relative_coordinates
+from .dynamic_mlp import DynamicMLP, autocast_off, relative_coordinates
 
 __all__ = ["NRDHead", "LightASPP"]
 
@@ -43,8 +43,7 @@ def _conv_norm_relu(in_channels: int, out_channels: int, norm, kernel_size: int 
     )
 
 
-def _check_norm_name(norm, key: str):
-    """``"none"`` is not a norm name: Detectron2 (and this key) spell "no norm" as ``""``."""
+def _check_norm_name(norm, key: str):  # Detectron2 (and this key) spell "no norm" as ""
     if isinstance(norm, str) and norm.lower() == "none":
         raise ValueError(f'{key}: "none" is not a norm; use "" for no norm, as in Detectron2.')
 
@@ -190,6 +189,8 @@ class NRDHead(nn.Module):
     5. dynamic decoding: :class:`DynamicMLP`, each location decodes its ``r x r`` patch ->
        logits ``[N, K, h r, w r]`` at stride ``s / r`` (4 for ``r = 8``);
     6. logits bilinearly resized to the padded input size ``[N, K, h s, w s]``.
+
+    Under autocast (AMP), steps 3-5 and the losses run in float32 (:func:`.autocast_off`).
 
     Training adds cross-entropy at input resolution (``loss_sem_seg``, times ``loss_weight``)
     and, if ``aux_in_feature`` is set, an FCN head on that feature (3x3 conv + norm + ReLU,
@@ -363,9 +364,7 @@ class NRDHead(nn.Module):
         """Steps 1-2: ``[N, P, h, w]`` MLP parameters, one set per controller location."""
         return self.controller(self.aspp(features[self.controller_in_feature]))
 
-    def mlp_inputs(
-        self, features: Dict[str, torch.Tensor], grid_size: Tuple[int, int]
-    ) -> torch.Tensor:
+    def mlp_inputs(self, features: Dict[str, torch.Tensor], grid_size: Tuple[int, int]):
         """Steps 3-4 before normalisation: ``[N, C_coord + G, h r, w r]`` (coordinates first).
 
         Args:
@@ -373,17 +372,20 @@ class NRDHead(nn.Module):
         """
         h, w = grid_size
         r = self.patch_size
-        guide = self.guidance(features[self.guidance_in_feature])
-        if self.guidance_stride != self.output_stride:
-            scale = self.guidance_stride / self.output_stride
-            guide = F.interpolate(guide, scale_factor=scale, mode="bilinear", align_corners=False)
+        feature = features[self.guidance_in_feature]
+        with autocast_off(feature):  # float32 under AMP (class docstring)
+            guide = self.guidance(feature.float())
+            if self.guidance_stride != self.output_stride:
+                scale = self.guidance_stride / self.output_stride
+                guide = F.interpolate(
+                    guide, scale_factor=scale, mode="bilinear", align_corners=False
+                )
         pad_h, pad_w = h * r - guide.shape[-2], w * r - guide.shape[-1]
         if pad_h or pad_w:
-            # Inputs not padded to a multiple of the controller stride: the guidance map covers
-            # the image only; the patch grid extends beyond it at the bottom/right.
+            # Inputs not padded to a multiple of the controller stride: the patch grid extends
+            # beyond the guidance map (the image) at the bottom/right.
             guide = F.pad(guide, [0, pad_w, 0, pad_h])
-        n = guide.shape[0]
-        c = self.coords.shape[0]
+        n, c = guide.shape[0], self.coords.shape[0]
         coords = self.coords.to(guide.dtype)[None, :, None, :, None, :].expand(n, c, h, r, w, r)
         coords = coords.reshape(n, c, h * r, w * r)
         return torch.cat([coords, guide], dim=1)
@@ -407,8 +409,9 @@ class NRDHead(nn.Module):
     def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Steps 1-5: logits ``[N, K, h r, w r]`` at stride ``s / r``."""
         params = self.dynamic_params(features)
-        inputs = self.input_norm(self.mlp_inputs(features, params.shape[-2:]))
-        return self.decode(inputs, params)
+        inputs = self.mlp_inputs(features, params.shape[-2:])
+        with autocast_off(params):  # float32 under AMP (class docstring)
+            return self.decode(self.input_norm(inputs), params.float())
 
     @staticmethod
     def _resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:

@@ -12,7 +12,7 @@ Segmentation". No public code exists; docs/RSP.md is our specification and lists
 * :class:`RSPSemSegHead`: RSPHead + Semantic-FPN decoder, registered in ``SEM_SEG_HEADS_REGISTRY``.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -23,7 +23,7 @@ from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["RSE", "RSP", "RSPHead", "RSPSemSegHead"]
+__all__ = ["RSE", "RSP", "RSPHead", "RSPSemSegHead", "check_rsp_stages_used"]
 
 
 def _windows(x: torch.Tensor, window_size: int, dim: int) -> torch.Tensor:
@@ -140,7 +140,8 @@ class RSE(nn.Module):
         inside = _windows(ones, self.window_size, dim=-1)
         inside = inside.view(hc * wc, 1, kk)
 
-        logits = torch.bmm(q, keys.transpose(1, 2)).view(n, g, hc * wc, 4, kk)
+        # The softmax runs in float32 under autocast (AMP): q.k in float16/bfloat16, then float.
+        logits = torch.bmm(q, keys.transpose(1, 2)).float().view(n, g, hc * wc, 4, kk)
         logits = logits + self.rel_pos_bias.view(1, g, 1, 4, kk)
         logits = logits.masked_fill(inside == 0, float("-inf"))  # the centre is always inside
         # Softmax over the k*k window, spelled out: ATen's softmax is several times slower on
@@ -148,7 +149,7 @@ class RSE(nn.Module):
         weights = (logits - logits.amax(dim=-1, keepdim=True)).exp()
         weights = weights / weights.sum(dim=-1, keepdim=True)
 
-        out = torch.bmm(weights.view(-1, 4, kk), values)  # [N*G*h'*w', 4, d]
+        out = torch.bmm(weights.view(-1, 4, kk).to(values.dtype), values)  # [N*G*h'*w', 4, d]
         out = out.view(n, g, hc, wc, 2, 2, d).permute(0, 1, 6, 2, 4, 3, 5)
         out = out.reshape(n, g * d, 2 * hc, 2 * wc)[:, :, :height, :width]
         if not return_weights:
@@ -302,6 +303,30 @@ class RSPHead(nn.Module):
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return dict(self.input_shape)
 
+    def unused_stages(self, read: Iterable[str]) -> List[str]:
+        """The stages (named by the level they refine) whose output nothing uses when the
+        consumers of the refined pyramid read the levels ``read``: their parameters would get
+        no gradient (DistributedDataParallel then fails with "Expected to have finished
+        reduction")."""
+        used = set(read)
+        for fine, coarse in reversed(self.pairs):  # finest first: a used stage uses its input
+            if fine in used:
+                used.add(coarse)
+        return [fine for fine, _ in self.pairs if fine not in used]
+
+
+def check_rsp_stages_used(rsp: RSPHead, read: Iterable[str], reader_key: str) -> None:
+    """``ValueError`` (one line, naming the keys) when ``rsp`` has stages whose output the
+    consumers reading ``read`` (configured by ``reader_key``) never use."""
+    unused = rsp.unused_stages(read)
+    if unused:
+        raise ValueError(
+            f"MODEL.RSP.NUM_STAGES {len(rsp.pairs)} refines {', '.join(unused)}, which "
+            f"{reader_key} (reading {', '.join(sorted(set(read)))}) never uses: those RSP "
+            f"parameters would get no gradient (DDP fails). Raise MODEL.RSP.NUM_STAGES until a "
+            f"level read is refined, or read {rsp.pairs[-1][0]}."
+        )
+
 
 @SEM_SEG_HEADS_REGISTRY.register()
 class RSPSemSegHead(SemSegFPNHead):
@@ -338,6 +363,10 @@ class RSPSemSegHead(SemSegFPNHead):
             ret["input_shape"] = {finest: rsp.output_shape()[finest]}
         elif fusion != "sum":
             raise ValueError(f"MODEL.SEM_SEG_HEAD.RSP_FUSION must be 'p2' or 'sum', got {fusion!r}")
+        reader = f"MODEL.SEM_SEG_HEAD.RSP_FUSION {fusion}" + (
+            "" if fusion == "p2" else " with MODEL.SEM_SEG_HEAD.IN_FEATURES"
+        )
+        check_rsp_stages_used(rsp, ret["input_shape"], reader)
         ret["rsp"] = rsp
         return ret
 

@@ -10,7 +10,7 @@ from detectron2.modeling.meta_arch.semantic_seg import build_sem_seg_head
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 from detectron2.structures import ImageList
 
-from .rsp import RSPHead
+from .rsp import RSPHead, check_rsp_stages_used
 
 __all__ = ["RSPPanopticFPN", "combine_panoptic"]
 
@@ -26,6 +26,24 @@ def combine_panoptic(model: PanopticFPN, instances, sem_seg: torch.Tensor):
         model.combine_stuff_area_thresh,
         model.combine_instances_score_thresh,
     )
+
+
+def _check_stages_used(cfg, rsp: RSPHead, sem_seg_head) -> None:
+    """Every RSP stage's output must reach a loss (DDP needs a gradient for every parameter):
+    the levels read by the semantic head and, with refined instance features, the RPN and ROI
+    heads. Skipped for a semantic head whose inputs are not known here."""
+    names = ("in_features", "controller_in_feature", "guidance_in_feature", "aux_in_feature")
+    read = set()
+    for name in names:
+        value = getattr(sem_seg_head, name, None)
+        read.update([value] if isinstance(value, str) else value or [])
+    if not read:
+        return
+    reader = f"{cfg.MODEL.SEM_SEG_HEAD.NAME} (MODEL.SEM_SEG_HEAD / MODEL.NRD features)"
+    if cfg.MODEL.RSP_PANOPTIC_FPN.INSTANCE_FEATURES == "refined":
+        read.update(cfg.MODEL.RPN.IN_FEATURES, cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        reader += ", MODEL.RPN.IN_FEATURES, MODEL.ROI_HEADS.IN_FEATURES"
+    check_rsp_stages_used(rsp, read - {""}, reader)
 
 
 @META_ARCH_REGISTRY.register()
@@ -78,6 +96,7 @@ class RSPPanopticFPN(PanopticFPN):
         if rsp.output_shape() != fpn_shapes:
             ret["sem_seg_head"] = build_sem_seg_head(cfg, rsp.output_shape())
         ret["instance_features"] = cfg.MODEL.RSP_PANOPTIC_FPN.INSTANCE_FEATURES
+        _check_stages_used(cfg, rsp, ret["sem_seg_head"])
         return ret
 
     def extract_features(
