@@ -6,9 +6,13 @@
     python train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file CFG --resume
     python train_net.py --config-file CFG --num-machines 2 --machine-rank 0 --dist-url tcp://HOST:PORT
+    torchrun --nproc_per_node 8 train_net.py --config-file CFG
+    srun --ntasks-per-node 8 python train_net.py --config-file CFG
 
-One command scales from one CPU process to many GPUs and machines (Detectron2's ``launch``:
-NCCL on GPUs, Gloo on CPU, where ``--num-gpus N`` starts N CPU processes).
+One command scales from one CPU process to many GPUs and machines (NCCL on GPUs, Gloo on CPU,
+where ``--num-gpus N`` starts N CPU processes); started by torchrun or srun, each process joins
+their job (``nrd_rsp.engine.job``; GETTING_STARTED.md "Training at scale"). A preemption signal
+(SIGTERM, SIGUSR1) saves the current iteration and exits with status 75.
 
 Errors a user can fix (bad arguments, config, paths, checkpoints) print one ``ERROR:`` line and
 exit with status 2; faults during a run (non-finite loss, too many bad samples) exit with 1.
@@ -19,22 +23,16 @@ import os
 import sys
 
 import torch
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from torch.multiprocessing import ProcessExitedException
 
 import nrd_rsp  # noqa: F401  (registers datasets, heads and meta-architectures)
 from nrd_rsp.engine import Trainer, evaluate, load_model_for_eval, setup_cfg, validate_cfg
-from nrd_rsp.errors import (
-    NrdRspError,
-    OneLineArgumentParser,
-    UserError,
-    exit_code,
-    exit_on_error,
-    report_error,
-)
+from nrd_rsp.engine.job import prepare_launch, run_job
+from nrd_rsp.errors import OneLineArgumentParser, exit_on_error
 from nrd_rsp.predictor import visualize_predictions
+from nrd_rsp.safe_loading import add_allow_unsafe_config_argument
 
 
 def setup(args):
@@ -72,51 +70,26 @@ def main(args):
     return res
 
 
-def worker_main(args):
-    """``main`` in a process started by ``launch`` (world size > 1): a known error ends the process
-    with its exit status, which ``cli`` passes on (``launch`` then stops the other processes).
-    Errors that every rank raises alike (config, checkpoint, the trainer's all-rank step checks)
-    are printed by the main process only; others by the rank that hit them."""
-    try:
-        return main(args)
-    except NrdRspError as e:
-        same_on_all_ranks = isinstance(e, UserError) or getattr(e, "all_ranks", False)
-        if comm.is_main_process() or not same_on_all_ranks:
-            if not comm.is_main_process():
-                print(f"[rank {comm.get_rank()}]", end=" ", file=sys.stderr)
-            report_error(e)
-        sys.exit(exit_code(e))
-
-
 def build_parser():
-    """Detectron2's ``default_argument_parser`` whose usage errors are one line."""
-    return OneLineArgumentParser.adopt(default_argument_parser())
+    """Detectron2's ``default_argument_parser`` whose usage errors are one line, plus
+    ``--allow-unsafe-config`` (read configs with Python YAML tags; nrd_rsp.safe_loading).
+    ``--num-gpus`` / ``--num-machines`` / ``--dist-url`` default to None: taken from torchrun's
+    or srun's environment, else 1, 1 and a free local port (``nrd_rsp.engine.job``)."""
+    parser = OneLineArgumentParser.adopt(default_argument_parser())
+    parser.set_defaults(num_gpus=None, num_machines=None, dist_url=None)
+    return add_allow_unsafe_config_argument(parser)
 
 
 @exit_on_error
 def cli(argv=None):
     args = build_parser().parse_args(argv)
+    env = prepare_launch(args)  # torchrun / srun environment, or --num-gpus etc.
     # Fail fast, before spawning workers, on a wrong config / path / class count.
-    validate_cfg(
-        setup_cfg(args.config_file, args.opts, quiet=True),
-        eval_only=args.eval_only,
-        resume=args.resume,
-        quiet=True,
-    )
-    print("Command Line Args:", args)
-    world_size = args.num_gpus * args.num_machines
-    try:
-        launch(
-            worker_main if world_size > 1 else main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except ProcessExitedException as e:  # a worker stopped with a reported error
-        return e.exit_code if e.exit_code and e.exit_code > 0 else 1
-    return 0
+    cfg = setup_cfg(args.config_file, args.opts, quiet=True)
+    validate_cfg(cfg, eval_only=args.eval_only, resume=args.resume, quiet=True)
+    if env is None or env.rank == 0:
+        print("Command Line Args:", args)
+    return run_job(main, args, env, signals=cfg.PREEMPTION.SIGNALS)
 
 
 if __name__ == "__main__":

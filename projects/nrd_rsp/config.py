@@ -182,6 +182,10 @@ def _add_reliability_config(cfg):
     cfg.DATALOADER.DETERMINISTIC = True
     # Stop training (all ranks) before the optimizer step when a loss term is NaN/inf.
     cfg.SOLVER.CHECK_FINITE_LOSS = True
+    # Preemption (nrd_rsp.engine.preemption): on any of these signals, received by any rank,
+    # every rank stops after the same iteration, which is saved; exit status 75. () turns it off.
+    cfg.PREEMPTION = CN()
+    cfg.PREEMPTION.SIGNALS = ("SIGTERM", "SIGUSR1")
 
 
 def _add_precision_config(cfg):

@@ -32,6 +32,7 @@ one; and one unreadable image kills the whole job. Here:
 """
 
 import logging
+import signal
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 SKIPPED_KEY = "_nrd_rsp_skipped"  # per-sample list of (file, reason) that were skipped for it
 MAX_ATTEMPTS = 16  # substitutes tried for one position before giving up
+_WORKER_SHIELDED = False  # this process is a data loader worker that ignores the signals
 
 
 class ResumableMapDataset(torchdata.Dataset):
@@ -83,8 +85,10 @@ class ResumableMapDataset(torchdata.Dataset):
         seed: int,
         group_ids: Optional[Sequence[int]] = None,
         max_attempts: int = MAX_ATTEMPTS,
+        worker_ignores: Sequence[int] = (),
     ):
         self._dataset = dataset
+        self._worker_ignores = tuple(int(s) for s in worker_ignores)
         self._mapper = mapper
         self.seed = int(seed)
         self._max_attempts = max_attempts
@@ -106,7 +110,18 @@ class ResumableMapDataset(torchdata.Dataset):
         members = self._members[int(self._group_ids[index])]
         return int(members[np.random.randint(len(members))])
 
+    def _shield_worker(self) -> None:
+        """In a data loader worker, once: ignore the signals ``worker_ignores`` (the preemption
+        signals). PyTorch's SIGTERM handler there would end the worker, and the main process
+        would then fail before it could save."""
+        global _WORKER_SHIELDED
+        if not _WORKER_SHIELDED and torchdata.get_worker_info() is not None:
+            for signum in self._worker_ignores:
+                signal.signal(signum, signal.SIG_IGN)
+            _WORKER_SHIELDED = True
+
     def __getitem__(self, key):
+        self._shield_worker()
         p, index = key if isinstance(key, tuple) else (int(key), int(key))
         skipped = []
         for attempt in range(self._max_attempts):
@@ -236,7 +251,11 @@ def _build_sampler(cfg, mapper, dataset: list, seed: int) -> ResumableTrainingSa
 
 
 def build_resumable_train_loader(
-    cfg, mapper, dataset: Optional[list] = None, seed: Optional[int] = None
+    cfg,
+    mapper,
+    dataset: Optional[list] = None,
+    seed: Optional[int] = None,
+    worker_ignores: Sequence[int] = (),
 ) -> ResumableTrainLoader:
     """The training loader of ``cfg`` as a :class:`ResumableTrainLoader`.
 
@@ -244,7 +263,8 @@ def build_resumable_train_loader(
     ``build_batch_data_loader``. ``DATALOADER.ASPECT_RATIO_GROUPING`` groups in the sampler
     (:class:`GroupedResumableSampler`: deterministic and resumable) when
     ``DATALOADER.DETERMINISTIC`` is on, and with Detectron2's ``AspectRatioGroupedDataset``
-    (batches depend on worker timing) when it is off.
+    (batches depend on worker timing) when it is off. Data loader workers ignore the signals
+    ``worker_ignores`` (the preemption signals, :mod:`nrd_rsp.engine.preemption`).
     """
     if seed is None:
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
@@ -263,7 +283,11 @@ def build_resumable_train_loader(
         batch_size = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
         sampler = GroupedResumableSampler(base=sampler, group_ids=group_ids, batch_size=batch_size)
     mapped = ResumableMapDataset(
-        dataset=DatasetFromList(dataset, copy=False), mapper=mapper, seed=seed, group_ids=group_ids
+        dataset=DatasetFromList(dataset, copy=False),
+        mapper=mapper,
+        seed=seed,
+        group_ids=group_ids,
+        worker_ignores=worker_ignores,
     )
 
     def build():
@@ -277,6 +301,7 @@ def build_resumable_train_loader(
             aspect_ratio_grouping=grouping and not cfg.DATALOADER.DETERMINISTIC,
             num_workers=cfg.DATALOADER.NUM_WORKERS,
             seed=mix_seed(sampler.seed, 1),
+            pin_memory=cfg.MODEL.DEVICE.startswith("cuda"),  # page-locked batches for the copy
         )
 
     return ResumableTrainLoader(

@@ -76,9 +76,11 @@ def mix_seed(*values: int) -> int:
 
 @contextlib.contextmanager
 def seeded_rng(seed: int):
-    """Seed ``random``, ``numpy`` and ``torch`` (CPU) with ``seed`` inside the block and restore
-    their previous states on exit, so that the block neither depends on nor disturbs them."""
+    """Seed ``random``, ``numpy`` and ``torch`` (CPU, and CUDA once initialised) with ``seed``
+    inside the block and restore their previous states on exit, so that the block neither
+    depends on nor disturbs them."""
     states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -88,6 +90,8 @@ def seeded_rng(seed: int):
         random.setstate(states[0])
         np.random.set_state(states[1])
         torch.set_rng_state(states[2])
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
 
 
 class ResumableTrainingSampler(torchdata.Sampler):

@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import time
+from datetime import timedelta
 from typing import Optional
 
 import torch.distributed as dist
@@ -69,7 +70,8 @@ class AbortWatch:
                 if note["rank"] == comm.get_rank():
                     continue
                 try:
-                    self._store.add(_ACK_KEY, 1)
+                    self._store.set(f"{_ACK_KEY}/{comm.get_rank()}", "1")
+                    time.sleep(0.5)  # the announcing rank reads the store before it may vanish
                 except Exception:
                     pass
                 self._exit(
@@ -92,11 +94,9 @@ class AbortWatch:
         try:
             note = {"rank": comm.get_rank(), "message": message, "status": int(status)}
             self._store.set(_ABORT_KEY, json.dumps(note))
-            deadline = time.time() + self.linger_s
-            while self._store.add(_ACK_KEY, 0) < comm.get_world_size() - 1:
-                if time.time() > deadline:
-                    break
-                time.sleep(0.1)
+            others = [r for r in range(comm.get_world_size()) if r != comm.get_rank()]
+            acks = [f"{_ACK_KEY}/{r}" for r in others]
+            self._store.wait(acks, timedelta(seconds=self.linger_s))
         except Exception:  # the store is gone: the others notice that themselves
             pass
 

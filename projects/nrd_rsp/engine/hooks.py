@@ -14,7 +14,7 @@ from detectron2.utils import comm
 from ..data.resumable_sampling import mix_seed
 from ..training_health import TrainingHealth
 
-__all__ = ["StepSeedHook", "LossLogHook", "SkippedSamplesHook"]
+__all__ = ["StepSeedHook", "LossLogHook", "SkippedSamplesHook", "JobLayoutHook"]
 
 logger = logging.getLogger("nrd_rsp")
 
@@ -101,3 +101,43 @@ class SkippedSamplesHook(HookBase):
 
     def load_state_dict(self, state_dict):
         self._offset = (int(state_dict["skipped"]), int(state_dict["seen"]))
+
+
+class JobLayoutHook(HookBase):
+    """Store the job's layout in checkpoints: world size, ``SOLVER.IMS_PER_BATCH`` and whether
+    batches are grouped by aspect ratio. At a resume with another layout, say in one line what
+    that means for the batches: global batch ``i`` holds stream positions ``i * B ..
+    (i + 1) * B - 1`` whatever the world size, so only a changed batch size or grouping (which
+    forms batches per rank) makes them differ from the uninterrupted run's."""
+
+    def __init__(self, *, world_size: int, ims_per_batch: int, grouped: bool):
+        self.layout = {
+            "world_size": int(world_size),
+            "ims_per_batch": int(ims_per_batch),
+            "aspect_ratio_grouping": bool(grouped),
+        }
+
+    def state_dict(self):
+        return dict(self.layout)
+
+    def load_state_dict(self, state_dict):
+        old, new = state_dict, self.layout
+        w0, w1 = old.get("world_size", new["world_size"]), new["world_size"]
+        b0, b1 = old.get("ims_per_batch", new["ims_per_batch"]), new["ims_per_batch"]
+        if b0 != b1:
+            logger.warning(
+                f"Resuming with SOLVER.IMS_PER_BATCH {b1} instead of the checkpoint's {b0}: the "
+                f"sample stream continues at iteration x {b1}, so the batches after the resume "
+                "differ from those of an uninterrupted run."
+            )
+        elif w0 != w1 and new["aspect_ratio_grouping"]:
+            logger.warning(
+                f"Resuming a {w0}-process checkpoint on {w1} processes with "
+                "DATALOADER.ASPECT_RATIO_GROUPING: batches are grouped per process, so the "
+                "batches after the resume differ from those of an uninterrupted run."
+            )
+        elif w0 != w1:
+            logger.info(
+                f"Resuming a {w0}-process checkpoint on {w1} processes: every global batch after "
+                f"the resume holds the same {b1} samples as in an uninterrupted run."
+            )

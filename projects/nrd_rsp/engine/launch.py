@@ -64,10 +64,6 @@ class LaunchEnv:
     def num_machines(self) -> int:
         return self.world_size // self.local_world_size
 
-    @property
-    def init_method(self) -> str:
-        return f"tcp://{self.master_addr}:{self.master_port}"
-
 
 _TORCHRUN_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -202,15 +198,38 @@ def resolve_dist_url(dist_url: Optional[str], num_machines: int, machine_rank: i
     return dist_url
 
 
+def _job_store(env: LaunchEnv, timeout: timedelta):
+    """The job's c10d store, its keys under this torchrun attempt: torchrun's agent store (when it
+    serves one) keeps the keys of the attempt before an elastic restart, and stale addresses
+    there would make the restarted ranks connect to dead peers. Otherwise rank 0 hosts it."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        env.master_addr,
+        env.master_port,
+        env.world_size,
+        is_master=not agent and env.rank == 0,
+        timeout=timeout,
+    )
+    return dist.PrefixStore(f"nrd_rsp/attempt_{elastic_restart_count()}/", store)
+
+
 def join_job(env: LaunchEnv, timeout: timedelta = PROCESS_GROUP_TIMEOUT) -> None:
     """Join the process group of ``env`` (NCCL with CUDA, else Gloo) and set up Detectron2's
     per-machine group, as Detectron2's ``launch`` does for the processes it spawns."""
     has_gpu = torch.cuda.is_available()
     if has_gpu:
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
+    try:
+        store = _job_store(env, timeout)
+    except Exception as e:
+        raise ConfigError(
+            f"Rank {env.rank} cannot reach the job's store at {env.master_addr}:"
+            f"{env.master_port} ({type(e).__name__}: {' '.join(str(e).split())[:200]}): check "
+            "MASTER_ADDR / MASTER_PORT (a port taken by another job?)."
+        ) from None
     dist.init_process_group(
         backend="NCCL" if has_gpu else "GLOO",
-        init_method=env.init_method,
+        store=store,
         world_size=env.world_size,
         rank=env.rank,
         timeout=timeout,

@@ -14,6 +14,7 @@ import os
 import weakref
 from collections import OrderedDict
 
+import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import (
@@ -34,8 +35,9 @@ from ..panoptic_evaluation import build_panoptic_evaluator
 from ..solver import build_lr_scheduler as build_poly_lr_scheduler
 from ..training_health import TrainingHealth
 from .config_checks import check_weights_file
-from .hooks import LossLogHook, SkippedSamplesHook, StepSeedHook
+from .hooks import JobLayoutHook, LossLogHook, SkippedSamplesHook, StepSeedHook
 from .nan_injection import install_nan_injection
+from .preemption import Preempted, PreemptionHook, parse_signals
 from .step_guard import build_guarded_trainer
 
 __all__ = ["Trainer", "evaluate", "save_eval_results", "load_model_for_eval"]
@@ -43,6 +45,16 @@ __all__ = ["Trainer", "evaluate", "save_eval_results", "load_model_for_eval"]
 logger = logging.getLogger("nrd_rsp")
 
 _SEM_SEG_EVALUATOR_TYPES = ("sem_seg", "ade20k_sem_seg", "pascal_context_sem_seg")
+
+
+class _QuietPreemption(logging.Filter):
+    """Drop Detectron2's "Exception during training" traceback for a :class:`Preempted` stop."""
+
+    def filter(self, record):
+        return not (record.exc_info and isinstance(record.exc_info[1], Preempted))
+
+
+logging.getLogger("detectron2.engine.train_loop").addFilter(_QuietPreemption())
 
 
 class Trainer(DefaultTrainer):
@@ -82,12 +94,19 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         # Before Detectron2's hooks: seeding precedes every other before_step, and the losses of
-        # an iteration are logged before its checkpoint is written.
+        # an iteration are logged before its checkpoint is written. Preemption comes last: an
+        # iteration's LR step, periodic checkpoint and evaluation precede its preemption save.
+        cfg = self.cfg
         ret = [self._seed_hook, SkippedSamplesHook(self.health)]
         if comm.is_main_process():
-            path = os.path.join(self.cfg.OUTPUT_DIR, "losses.jsonl")
+            path = os.path.join(cfg.OUTPUT_DIR, "losses.jsonl")
             ret.append(LossLogHook(path, self.health))
-        return ret + super().build_hooks()
+        layout = JobLayoutHook(
+            world_size=comm.get_world_size(),
+            ims_per_batch=cfg.SOLVER.IMS_PER_BATCH,
+            grouped=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        )
+        return ret + super().build_hooks() + [layout, PreemptionHook(cfg.PREEMPTION.SIGNALS)]
 
     def _configure_loader(self):
         """Start the loader's sample stream at ``start_iter`` with ``seed``; it counts into
@@ -95,6 +114,17 @@ class Trainer(DefaultTrainer):
         loader = self._trainer.data_loader
         if hasattr(loader, "configure"):
             loader.configure(start_iter=self.start_iter, seed=self.seed, health=self.health)
+
+    def train(self):
+        """Detectron2's training loop; then the data loader's workers are shut down (they ignore
+        the preemption signals, so they must be told to stop, not terminated)."""
+        try:
+            return super().train()
+        finally:
+            loader_iter = getattr(self._trainer, "_data_loader_iter_obj", None)
+            self._trainer._data_loader_iter_obj = None
+            if hasattr(loader_iter, "close"):
+                loader_iter.close()  # frees the DataLoader iterator: its workers get the sentinel
 
     def resume_or_load(self, resume=True):
         """Resume from the newest readable checkpoint in ``OUTPUT_DIR`` (``SafeCheckpointer``:
@@ -165,7 +195,18 @@ class Trainer(DefaultTrainer):
         skipping bad samples) with the project's training mapper. The trainer passes its
         ``seed``, then the start iteration and its health through the loader's ``configure``."""
         mapper = build_train_mapper(cfg) or CheckedDatasetMapper(cfg, True)
-        return build_resumable_train_loader(cfg, mapper, seed=seed)
+        signals = list(parse_signals(cfg.PREEMPTION.SIGNALS).values())
+        return build_resumable_train_loader(cfg, mapper, seed=seed, worker_ignores=signals)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Detectron2's ``test``, on rank 0's buffers in a multi-process run: DDP keeps one set
+        of BatchNorm statistics per rank (``broadcast_buffers=False``), and the checkpoint holds
+        rank 0's, so every rank evaluates the model that the checkpoint holds."""
+        if comm.get_world_size() > 1:
+            for buf in model.buffers():
+                torch.distributed.broadcast(buf, src=0)
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
