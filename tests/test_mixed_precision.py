@@ -4,10 +4,11 @@ NRD: with the authors' init (controller output divided by P) the dynamic weights
 1/P, so the within-patch detail the MLP adds (logits minus their r x r patch mean) is orders of
 magnitude below the logits. The setting is the issue's: the NRD Cityscapes R-50 config at
 256x512 with random weights, in eval mode (BatchNorm with its initial running statistics, as at
-inference). The backbone features are computed once in float32 and given to the head in the
-autocast dtype (what an autocast backbone hands it), so that the comparison measures the head.
-The gradient check uses the main cross-entropy times a loss scale of 65536 (the GradScaler's
-initial scale) and unscales the guidance branch's gradient.
+inference; the issue's measurements), and in training mode for the float16 gradient. The
+backbone features are computed once in float32 and given to the head in the autocast dtype
+(what an autocast backbone hands it), so that the comparison measures the head. The gradient
+checks use the main cross-entropy times a loss scale of 65536 (the GradScaler's initial scale)
+and unscale the guidance branch's gradient.
 """
 
 import pytest
@@ -33,11 +34,10 @@ def _detail(logits, r):
     return logits - F.interpolate(mean, scale_factor=r, mode="nearest")
 
 
-@pytest.fixture(scope="module")
-def nrd_setting():
+def _nrd_setting(training):
     torch.manual_seed(0)
     cfg = setup_cfg(NRD_CFG, ["MODEL.WEIGHTS", ""], quiet=True)
-    model = Trainer.build_model(cfg).eval()
+    model = Trainer.build_model(cfg).train(training)
     images = torch.randn(2, 3, 256, 512) * 50
     with torch.no_grad():
         features = model.backbone((images - model.pixel_mean) / model.pixel_std)
@@ -47,6 +47,11 @@ def nrd_setting():
     for name, p in head.named_parameters():
         p.requires_grad_(name.startswith("guidance."))
     return head, features, targets
+
+
+@pytest.fixture(scope="module")
+def nrd_setting():
+    return _nrd_setting(training=False)
 
 
 def _run_head(head, features, targets, dtype):
@@ -73,8 +78,18 @@ def test_nrd_keeps_its_within_patch_detail_and_guidance_gradient_under_autocast(
     assert 0 < ref_detail.norm() < 1e-3 * ref_logits.norm()
     assert logits.dtype == torch.float32 and ref_grad.norm() > 0
     assert _rel(_detail(logits, r), ref_detail) < 0.10
-    assert _rel(grad, ref_grad) < 0.10  # float16: no underflow under the loss scale
     assert _rel(logits, ref_logits) < 0.10
+    assert _rel(grad, ref_grad) < 0.10
+
+
+def test_nrd_guidance_gradient_survives_float16_loss_scaling_in_training():
+    """Training mode (BatchNorm on the batch): the guidance-branch gradient is orders of magnitude
+    smaller; in float16 it underflowed to zero even times 65536 (relative error 1)."""
+    head, features, targets = _nrd_setting(training=True)
+    _, ref_grad = _run_head(head, features, targets, None)
+    _, grad = _run_head(head, features, targets, torch.float16)
+    assert 0 < ref_grad.norm() < 1e-6  # tiny: 65536 x the per-element gradient is below 1
+    assert _rel(grad, ref_grad) < 0.10
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
