@@ -33,6 +33,10 @@ from nrd_rsp.errors import ConfigError, OneLineArgumentParser, RunError, exit_on
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(ROOT, "train_net.py")
+NO_SLURM = (
+    "Cannot submit to Slurm from this machine: run this on a Slurm login node, or pass --local "
+    "to run the job here"
+)
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -107,7 +111,10 @@ def build_executor(args, job_dir):
         gpus = args.gpus_per_node if torch.cuda.is_available() else 0
         executor.update_parameters(**common, gpus_per_node=gpus, signal_delay_s=args.signal_delay)
         return executor
-    executor = submitit.AutoExecutor(folder=job_dir, cluster="slurm")
+    try:
+        executor = submitit.AutoExecutor(folder=job_dir, cluster="slurm")
+    except RuntimeError as e:  # submitit finds no srun
+        raise ConfigError(f"{NO_SLURM} ({e})") from None
     params = dict(
         common,
         name=args.name,
@@ -146,7 +153,10 @@ def cli(argv=None):
     job_dir = args.job_dir or os.path.join(cfg.OUTPUT_DIR, "submitit")
     executor = build_executor(args, job_dir)
     train_argv = ["--config-file", os.path.abspath(args.config_file), *opts]
-    job = executor.submit(TrainJob((["--resume"] if args.resume else []) + train_argv))
+    try:
+        job = executor.submit(TrainJob((["--resume"] if args.resume else []) + train_argv))
+    except FileNotFoundError as e:  # no sbatch here
+        raise ConfigError(f"{NO_SLURM} ({e.filename or e}: not found)") from None
     print(
         f"Submitted job {job.job_id} ({args.nodes} x {args.gpus_per_node} ranks); logs in {job_dir}"
     )

@@ -159,3 +159,18 @@ def test_an_error_on_one_machine_stops_both_within_60s(tmp_path, kind):
         assert p.returncode == 1 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
         assert lines[0].startswith(("ERROR:", "[rank 1] ERROR:")) and expected in lines[0], lines
     assert "rank 1 stopped the job" in errs[0]
+
+
+def test_two_machines_on_loopback_finish(tmp_path):
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    procs = []
+    for machine in range(2):
+        cmd = [sys.executable, "train_net.py", "--config-file", SEMANTIC_CFG, "--num-gpus", "1",
+               "--num-machines", "2", "--machine-rank", str(machine), "--dist-url", url,
+               *_opts(tmp_path / str(machine))]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_clean_env(), stderr=subprocess.PIPE,
+                                      stdout=subprocess.DEVNULL, text=True))  # fmt: skip
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    assert (tmp_path / "0" / "model_final.pth").exists()
+    assert (tmp_path / "0" / "log.txt").read_text().count("World size: 2") == 1
