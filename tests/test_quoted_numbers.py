@@ -1,32 +1,39 @@
-"""Every measured number that README.md, MODEL_ZOO.md and docs/*.md quote comes from a committed
-result file of a script in benchmarks/ (or from a formula the test evaluates).
+"""Every number in the documentation comes from a committed result file, or is listed with
+what it is.
 
-Two checks per document:
+Read: README.md, MODEL_ZOO.md, docs/*.md, benchmarks/README.md, datasets/README.md and
+benchmarks/results/*.md (a new doc under docs/ or a new report is read as soon as it exists).
+Every number of every sentence and table cell counts, integers included; code (backticks, code
+blocks), link targets, issue references and the numbers of numbered lists are not read.
 
-* each quote (a phrase formatted here from the result JSON) appears in it, whitespace aside;
-* each number left in it once the quotes, code, links and the tables that other tests check are
-  taken out is listed in ``NOT_MEASURED`` with what it is (a paper's claim, a config value).
-  A hand-typed measurement therefore fails until it becomes a quote of a result file.
+A number is explained when it is
 
-The README's and MODEL_ZOO.md's config tables are checked against config_costs.json by
-``tests/test_config_costs.py``; docs/NRD.md's recipe table against the configs by
-``tests/test_nrd_recipe.py``.
+* part of a quote: a phrase formatted here from a result JSON (``QUOTES``; each must appear in
+  its document), including the cost cells of the config tables (config_costs.json);
+* for ``benchmarks/results/X.md``: a value of its own result files ``X*.json`` / ``X*.txt``, or
+  the whole report equals what its script renders from the JSON (``RENDERED``);
+* or part of a phrase listed in tests/listed_numbers.py with what it is (a paper's claim, a
+  config value, a version, a name).
+
+Anything else, such as a metric or a run time typed by hand, fails ``test_every_number_has_a_
+source``; the mutation tests at the end show that it does.
 """
 
+import glob
 import importlib.util
 import json
 import os
 import re
-import sys
 
 import pytest
 from conftest import ROOT
+from listed_numbers import EVERYWHERE, LISTED
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-NUMBER = re.compile(
-    r"(?<![\w.])\d+(?:,\d{3})*\.\d+(?![\w.])"  # decimals
-    r"|(?<![\w.,])\d+(?:,\d{3})*(?:\.\d+)?(?=\s?(?:%|GFLOPs|GMACs|MiB|ms\b|M\b))"  # with units
-)
+# Every number: integers, decimals, versions (2.14.1), thousands (1,000), whatever follows it
+# (14 hours, 11GB, 8x). Digits right after a letter or underscore are part of a name (P2, fp16,
+# R_18, conv3) and are not numbers.
+NUMBER = re.compile(r"(?<![A-Za-z_\d.,])\d+(?:,\d{3})*(?:\.\d+)*")
 
 
 def _json(name):
@@ -210,6 +217,14 @@ def quotes_rsp():
     yield f"is {9 * 256**2 * 256 * 512 / 1e9:.0f} GFLOPs"
 
 
+def quotes_config_tables():
+    """README's and MODEL_ZOO.md's cost cells of the real-dataset configs (config_costs.json;
+    tests/test_config_costs.py checks which row holds which)."""
+    for r in _json("config_costs.json")["configs"].values():
+        yield f"| {r['gflops_total']:.1f} / {r['gflops_decoder']:.1f} | {r['params_m']:.2f} |"
+        yield f"| {r['gflops_total']:.1f} | {r['params_m']:.2f} | – |"
+
+
 QUOTES = {
     "README.md": quotes_readme,
     "MODEL_ZOO.md": quotes_model_zoo,
@@ -217,40 +232,13 @@ QUOTES = {
     "docs/RSP.md": quotes_rsp,
 }
 
-# Numbers that are not measurements of ours: what each one is.
-NOT_MEASURED = {
-    "README.md": {
-        "0.05": "default of DATALOADER.MAX_SKIPPED_FRACTION",
-        "75": "the RSP paper's claim (75% fewer FLOPs)",
-        "30": "the NRD paper's claim (about 30% of DeepLabV3+'s decoder)",
-        "95": "the confidence level of the toy comparisons (95%)",
-    },
-    "MODEL_ZOO.md": {},
-    "docs/NRD.md": {
-        "0.1": "dropout ratio (recipe)",
-        "0.4": "auxiliary loss weight (recipe)",
-        "0.5": "loss weight / flip probability (recipe)",
-        "0.10": "mmseg version 0.10",
-        "0.23": "mmseg version 0.23",
-        "0.01": "learning rate (recipe)",
-        "0.004": "learning rate (recipe)",
-        "79.8": "paper's Cityscapes val mIoU, R-50",
-        "80.7": "paper's Cityscapes val mIoU, R-101",
-        "44.0": "authors' ADE20K mIoU",
-        "52.3": "authors' PASCAL Context mIoU",
-        "20": "the issue's decoder budget (20%)",
-        "53": "the reference design's GMACs (issue)",
-    },
-    "docs/RSP.md": {
-        "0.02": "init std of the positional bias (Swin)",
-        "0.5": "loss weight / scale range (recipe)",
-        "2.0": "scale range (recipe)",
-    },
-}
 
-
-def _normalized(text):
-    return re.sub(r"\s+", " ", text)
+def documents():
+    """Every document whose numbers are checked: new docs/*.md and result .md files included."""
+    fixed = ["README.md", "MODEL_ZOO.md", "benchmarks/README.md", "datasets/README.md"]
+    found = glob.glob(os.path.join(ROOT, "docs", "*.md"))
+    found += glob.glob(os.path.join(RESULTS, "*.md"))
+    return sorted(set(fixed) | {os.path.relpath(p, ROOT) for p in found})
 
 
 def _read(doc):
@@ -258,28 +246,77 @@ def _read(doc):
         return f.read()
 
 
-def _checked_elsewhere(doc, line):
-    """Table rows that tests/test_config_costs.py or tests/test_nrd_recipe.py check."""
-    if doc == "README.md":
-        return bool(re.match(r"^\| `[^|]+\.yaml`", line))
-    if doc == "MODEL_ZOO.md":
-        return bool(re.match(r"^\| \[[^\]]+\]\(configs/(?!Toy/)", line))
-    if doc == "docs/NRD.md":
-        return bool(re.match(r"^\| .*\| `(MODEL|SOLVER|INPUT|TEST|DATALOADER)\.", line))
-    return False
+def _normalized(text):
+    """Whitespace collapsed; ``3x3`` / ``3 × 3`` spelled ``3 x 3`` so both numbers are seen."""
+    text = re.sub(r"\s+", " ", text)
+    return re.sub(r"(\d)\s?[x×]\s?(?=\d)", r"\1 x ", text)
 
 
-def _leftover_numbers(doc):
-    text = _read(doc)
-    text = re.sub(r"```.*?```", "", text, flags=re.S)
-    lines = [line for line in text.splitlines() if not _checked_elsewhere(doc, line)]
-    text = _normalized("\n".join(lines))
-    for quote in QUOTES[doc]():
+def _without(text, phrase):
+    """``text`` with every occurrence of ``phrase`` blanked, unless it is part of a longer word
+    or number (``R-50`` does not excuse ``R-501``)."""
+    p = _normalized(phrase)
+    before = r"(?<![\w.])" if p[:1].isalnum() else ""
+    after = r"(?!\w|\.\d)" if p[-1:].isalnum() else ""
+    return re.sub(before + re.escape(p) + after, " ", text)
+
+
+def _source_values(doc):
+    """For ``benchmarks/results/X.md``: every number its own result files (``X*.json``,
+    ``X*.txt``, ``X*.csv``) hold, formatted as a report would (0-4 decimals; x1, x100 for
+    percentages, /1e3, /1e6, /1e9 for k, M, G, /60 for minutes; scientific), and every number
+    written in their strings."""
+    if not doc.startswith("benchmarks/results/"):
+        return set()
+    stem = os.path.basename(doc)[: -len(".md")]
+    values, found = [], set()
+    for path in glob.glob(os.path.join(RESULTS, stem + "*")):
+        if path.endswith((".json", ".txt", ".csv")):
+            with open(path) as f:
+                raw = f.read()
+            found |= {n.replace(",", "") for n in NUMBER.findall(_normalized(raw))}
+            if path.endswith(".json"):
+                values += _leaves(json.loads(raw))
+    for v in values:
+        for x in (abs(v) * scale for scale in (1, 100, 1e-3, 1e-6, 1e-9, 1 / 60)):
+            found |= {f"{x:.{d}f}" for d in range(5)}
+            found |= {n for d in (1, 2) for n in NUMBER.findall(f"{x:.{d}e}")}  # 3.7e-05
+    return found
+
+
+def _leaves(node):
+    if isinstance(node, dict):
+        return [v for x in node.values() for v in _leaves(x)]
+    if isinstance(node, list):
+        return [v for x in node for v in _leaves(x)]
+    return [node] if isinstance(node, (int, float)) and not isinstance(node, bool) else []
+
+
+def unexplained_numbers(doc, text=None):
+    """``[(number, context)]`` for each number of ``doc`` (or of ``text``, a copy of it) that is
+    neither a quote of a result file nor listed in tests/listed_numbers.py."""
+    text = _read(doc) if text is None else text
+    text = re.sub(r"```.*?```", " ", text, flags=re.S)  # code blocks: commands, logs
+    text = re.sub(r"<!--.*?-->", " ", text, flags=re.S)
+    text = re.sub(r"(?m)^\s*\d+\. ", " ", text)  # numbered list items
+    text = _normalized(text)
+    quotes = list(QUOTES.get(doc, list)())
+    if doc in ("README.md", "MODEL_ZOO.md"):
+        quotes += quotes_config_tables()
+    for quote in quotes:
         text = text.replace(_normalized(quote), " ")
-    text = re.sub(r"`[^`]*`", "", text)  # code: config keys, values, file names
+    listed = [p for ps in [*EVERYWHERE.values(), *LISTED.get(doc, {}).values()] for p in ps]
+    for phrase in sorted(listed, key=len, reverse=True):  # the longest first
+        text = _without(text, phrase)
+    text = re.sub(r"`[^`]*`", " ", text)  # code: config keys and values, file names, commands
     text = re.sub(r"\]\([^)]*\)", "]", text)  # link targets
-    text = re.sub(r"[\w-]+#\d+", "", text)  # issue references
-    return NUMBER.findall(text)
+    text = re.sub(r"[\w/-]*#\d+", " ", text)  # issue references, anchors
+    sources = _source_values(doc)
+    return [
+        (m.group(), text[max(0, m.start() - 40) : m.end() + 25])
+        for m in NUMBER.finditer(text)
+        if m.group().replace(",", "") not in sources
+    ]
 
 
 @pytest.mark.parametrize("doc", sorted(QUOTES))
@@ -289,34 +326,91 @@ def test_quotes_match_the_result_files(doc):
     assert not missing, f"{doc} does not quote the result files; expected:\n" + "\n".join(missing)
 
 
-@pytest.mark.parametrize("doc", sorted(QUOTES))
-def test_no_number_without_a_source(doc):
-    unexplained = sorted(set(_leftover_numbers(doc)) - set(NOT_MEASURED[doc]))
+def _render_config_costs():
+    report, path = _json("config_costs.json"), os.path.join(RESULTS, ".config_costs.render.md")
+    try:
+        _benchmark("config_costs").write_markdown(
+            path, list(report["configs"].values()), report["meta"]
+        )
+        with open(path) as f:
+            return f.read()
+    finally:
+        os.remove(path)
+
+
+# Reports that their script renders from the JSON alone: equal to the rendering, every number
+# in them comes from the JSON (ratios included).
+RENDERED = {
+    "benchmarks/results/config_costs.md": _render_config_costs,
+    "benchmarks/results/nrd_memory.md": lambda: _benchmark("nrd_memory").render_markdown(
+        _json("nrd_memory.json")
+    ),
+    "benchmarks/results/toy_accuracy.md": lambda: (
+        _benchmark("toy_accuracy").render_markdown(_json("toy_accuracy.json")) + "\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("doc", documents())
+def test_every_number_has_a_source(doc):
+    if doc in RENDERED:
+        assert _read(doc) == RENDERED[doc](), f"{doc} is not what its script renders from the JSON"
+        return
+    unexplained = unexplained_numbers(doc)
     assert not unexplained, (
-        f"{doc} quotes numbers that no result file gives: {unexplained}. Quote a result file "
-        "(and add the quote to tests/test_quoted_numbers.py) or, for a number that is not a "
-        "measurement, list it in NOT_MEASURED with what it is."
+        f"{doc} has numbers that no result file gives and tests/listed_numbers.py does not list:\n"
+        + "\n".join(f"  {n!r} in ...{c}..." for n, c in unexplained)
+        + "\nQuote a result file (a quote in tests/test_quoted_numbers.py) or, for a number that "
+        "is not a measurement, list it with its context and what it is in tests/listed_numbers.py."
     )
 
 
-def test_the_check_can_fail(monkeypatch):
-    """A hand-typed measurement and a stale quote are both caught."""
-    original = _read
-
-    def with_extra(doc):
-        text = original(doc)
-        return text + "\nThe head takes 12.3 ms.\n" if doc == "docs/RSP.md" else text
-
-    monkeypatch.setattr(sys.modules[__name__], "_read", with_extra)
-    assert "12.3" in _leftover_numbers("docs/RSP.md")
-    stale = next(quotes_readme()).replace("PQ ", "PQ 1", 1)
-    assert _normalized(stale) not in _normalized(original("README.md"))
+@pytest.mark.parametrize("doc", sorted(LISTED))
+def test_listed_phrases_are_in_the_document(doc):
+    text = _normalized(_read(doc))
+    stale = [p for ps in LISTED[doc].values() for p in ps if _normalized(p) not in text]
+    assert not stale, f"tests/listed_numbers.py lists phrases {doc} no longer has: {stale}"
 
 
-@pytest.mark.parametrize("doc", sorted(QUOTES))
-def test_not_measured_lists_only_numbers_the_document_has(doc):
-    stale = sorted(set(NOT_MEASURED[doc]) - set(_leftover_numbers(doc)))
-    assert not stale, f"NOT_MEASURED[{doc!r}] lists numbers it no longer has: {stale}"
+def test_listed_phrases_carry_context():
+    """A bare listed number would excuse the same number typed anywhere else in the document."""
+    for doc, groups in [("(everywhere)", EVERYWHERE), *LISTED.items()]:
+        for what, phrases in groups.items():
+            for p in phrases:
+                assert re.search(r"\d", p) and not re.fullmatch(r"[\d.,]+", p), (doc, what, p)
+
+
+def _mutated(doc, old, new):
+    text = _read(doc)
+    assert old in text, f"{doc} no longer has {old!r}: update the mutation test"
+    return text.replace(old, new, 1)
+
+
+def test_a_hand_typed_metric_in_model_zoo_is_caught():
+    row = "| [rsp_R_50_FPN_90k_bs16](configs/Cityscapes-SemanticSegmentation/"
+    line = next(x for x in _read("MODEL_ZOO.md").splitlines() if x.startswith(row))
+    cells = line.split("|")
+    assert cells[5].strip() == "", "the Metric cell of the RSP Cityscapes row is no longer empty"
+    cells[5] = " mIoU 80.1 "
+    text = _mutated("MODEL_ZOO.md", line, "|".join(cells))
+    assert unexplained_numbers("MODEL_ZOO.md", text) != unexplained_numbers("MODEL_ZOO.md")
+    assert "80.1" in [n for n, _ in unexplained_numbers("MODEL_ZOO.md", text)]
+
+
+def test_a_hand_typed_sentence_in_readme_is_caught():
+    sentence = "A full Cityscapes schedule takes 14 hours and 11 GB per GPU on 8 GPUs."
+    text = _read("README.md") + "\n" + sentence + "\n"
+    caught = {n for n, _ in unexplained_numbers("README.md", text)}
+    assert {"14", "11"} <= caught
+
+
+def test_a_changed_number_in_a_result_report_is_caught():
+    text = _read("benchmarks/results/toy_costs.md")
+    n = NUMBER.findall(re.sub(r"`[^`]*`", "", text.split("|", 1)[1]))[0]
+    changed = text.replace(n, "987.65", 1)
+    assert "987.65" in [
+        m for m, _ in unexplained_numbers("benchmarks/results/toy_costs.md", changed)
+    ]
 
 
 def test_toy_accuracy_report_is_rendered_from_its_json():
