@@ -2,6 +2,7 @@
 logits as the eager model (max |diff| <= 1e-3, fp32), also on an input they were not traced with;
 the CLI writes a working model.onnx + export_info.json and refuses what it cannot export."""
 
+import copy
 import importlib.util
 import json
 import os
@@ -11,6 +12,8 @@ import onnxruntime as ort
 import pytest
 import torch
 from conftest import ROOT, TOY_OPTS
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import build_model
 
 from nrd_rsp.engine import setup_cfg
 
@@ -89,29 +92,38 @@ def test_onnx_matches_eager(exported):
         _check(ref, got, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, image.shape[-2:])
 
 
-def test_syncbn_model_exports_as_frozen_bn(tmp_path):
-    # Real-dataset configs use SyncBN; in eval mode it is BN, exported as FrozenBatchNorm2d.
+def test_syncbn_model_exports_and_matches_eager(tmp_path, monkeypatch):
+    """Real-dataset configs use SyncBN. A model that holds real ``nn.SyncBatchNorm`` layers (built
+    from the config directly: setup_cfg would turn them into naiveSyncBN on CPU), with non-trivial
+    running statistics, exports as FrozenBatchNorm2d with the eager model's logits."""
     cfg = setup_cfg(
         os.path.join(ROOT, "configs", "Toy/semantic_fpn_R_18_toy.yaml"),
-        [
-            "MODEL.WEIGHTS",
-            "",
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.RESNETS.NORM",
-            "SyncBN",
-            "OUTPUT_DIR",
-            str(tmp_path),
-            *TOY_OPTS,
-        ],
+        CPU_BN + TOY_OPTS + ["OUTPUT_DIR", str(tmp_path)],
     )
+    cfg.defrost()
+    cfg.MODEL.RESNETS.NORM = "SyncBN"
     torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    sync = [m for m in model.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert len(sync) > 10, "the test model holds no SyncBatchNorm"
+    g = torch.Generator().manual_seed(2)
+    for m in sync:  # running statistics and affine parameters far from the identity
+        m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+        m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+        m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+        m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    image = torch.rand(1, 3, 64, 96, generator=g) * 255
+    expected = _eager(model, image)
+    monkeypatch.setattr(export_model, "load_model_for_eval", lambda cfg: copy.deepcopy(model))
     wrapper = export_model.build_export_model(cfg)
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in wrapper.modules())
-    image = torch.rand(1, 3, 64, 96) * 255
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in wrapper.modules())
+    traced = export_model.trace(wrapper, image)
+    onnx_path = export_model.export_onnx(traced, image, str(tmp_path / "model.onnx"))
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     with torch.no_grad():
-        got = wrapper(image).numpy()
-    assert got.shape == (1, 8, 64, 96) and np.isfinite(got).all()
+        _check(expected, traced(image).numpy(), 8, (64, 96))
+    _check(expected, sess.run(["logits"], {"image": image.numpy()})[0], 8, (64, 96))
 
 
 def test_cli_onnx_export_with_weights(tmp_path, capsys):

@@ -58,6 +58,7 @@ def test_visualize_predictions_draws_input_and_prediction(model_and_cfg, tmp_pat
         DatasetCatalog.get("toy_sem_seg_val")[0]["width"],
     )
     scale = max(1.0, 480.0 / max(h, w))
-    assert panel.shape[0] == int(round(h * scale)) and panel.shape[1] == 2 * panel.shape[1] // 2
+    # input and drawing side by side, each the image scaled for legible labels
+    assert panel.shape[:2] == (int(round(h * scale)), 2 * int(round(w * scale)))
     left, right = np.split(panel, 2, axis=1)
     assert np.abs(left.astype(int) - right.astype(int)).mean() > 2.0  # prediction drawn over it
