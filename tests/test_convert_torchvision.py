@@ -6,6 +6,7 @@ heuristics, with the values of the torchvision tensors they came from."""
 import importlib.util
 import os
 import pickle
+import shlex
 import subprocess
 import sys
 
@@ -182,3 +183,57 @@ def test_errors_are_one_line(case, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("ERROR:") and "\n" not in err
     assert not dst.exists()
+
+
+def _trained_like_torchvision(arch, seed):
+    """torchvision's own initialisation with BN statistics and affine parameters moved away from
+    0 / 1."""
+    torch.manual_seed(seed)
+    net = getattr(torchvision.models, arch)(weights=None)
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return net.eval()
+
+
+@pytest.mark.parametrize(
+    "arch, config, extra",
+    [
+        ("resnet18", "Toy/semantic_fpn_R_18_toy.yaml", TOY_OPTS),
+        ("resnet50", "Cityscapes-SemanticSegmentation/rsp_R_50_FPN_90k_bs16.yaml", []),
+    ],
+)
+def test_converted_backbone_computes_torchvision_forward(arch, config, extra, tmp_path, capsys):
+    """The converted weights, with the overrides the converter prints (and nothing else), give
+    the features of torchvision's own forward (layer1..layer4 = res2..res5) within 1e-4, on an
+    RGB image normalised as torchvision normalises it."""
+    net = _trained_like_torchvision(arch, seed=3)
+    src, dst = tmp_path / f"{arch}.pth", tmp_path / f"{arch}.pkl"
+    torch.save(net.state_dict(), src)
+    assert convert.main([str(src), str(dst)]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("Config overrides:")]
+    overrides = shlex.split(line[len("Config overrides:") :])
+    cfg = setup_cfg(
+        os.path.join(ROOT, "configs", config), overrides + ["MODEL.DEVICE", "cpu", *extra]
+    )
+    model = Trainer.build_model(cfg).eval()
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    model, net = model.double(), net.double()  # float64: 1e-4 is absolute even where |x| ~ 300
+    g = torch.Generator().manual_seed(4)
+    rgb = torch.rand(1, 3, 96, 128, generator=g, dtype=torch.float64) * 255  # format RGB
+    assert cfg.INPUT.FORMAT == "RGB"
+    with torch.no_grad():
+        d2 = model.backbone.bottom_up((rgb - model.pixel_mean) / model.pixel_std)
+        mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+        x = (rgb / 255 - mean.double()[:, None, None]) / std.double()[:, None, None]
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        for i, layer in enumerate([net.layer1, net.layer2, net.layer3, net.layer4]):
+            x = layer(x)
+            ours = d2[f"res{i + 2}"]
+            assert ours.shape == x.shape
+            assert x.abs().max() > 0.1  # not a degenerate comparison
+            assert (ours - x).abs().max() <= 1e-4, f"res{i + 2}: {(ours - x).abs().max():.2e}"
