@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from nrd_rsp.analysis.paired_stats import paired_difference, summarize
+from nrd_rsp.analysis.paired_stats import holm_adjust, paired_difference, summarize
 
 
 def test_summarize_matches_numpy_and_skips_missing_values():
@@ -47,3 +47,29 @@ def test_pairing_matters_and_incomplete_pairs_are_dropped():
     with pytest.raises(ValueError, match="3 values against 2"):
         paired_difference([1, 2, 3], [1, 2])
     assert math.isfinite(paired_difference([1, 2, 3], [1, 2, 3])["ci_low"])
+
+
+def test_paired_p_value_matches_scipy():
+    rng = np.random.default_rng(7)
+    b = rng.normal(50, 5, size=5)
+    a = b + rng.normal(1.0, 1.0, size=5)
+    assert paired_difference(list(a), list(b))["p_value"] == pytest.approx(
+        stats.ttest_rel(a, b).pvalue
+    )
+
+
+def test_holm_against_a_hand_computation():
+    """p = 0.01, 0.04, 0.03, 0.005 (m = 4), sorted 0.005, 0.01, 0.03, 0.04:
+    4 x 0.005 = 0.02; 3 x 0.01 = 0.03; 2 x 0.03 = 0.06; max(0.06, 1 x 0.04) = 0.06.
+    At alpha 0.05 the first two are significant; raw, all four are below 0.05."""
+    got = holm_adjust({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005, "e": None})
+    expected = {"d": 0.02, "a": 0.03, "c": 0.06, "b": 0.06}
+    for k, p in expected.items():
+        assert got[k][0] == pytest.approx(p) and got[k][1] == (p <= 0.05)
+    assert got["e"] == (None, False)
+    try:  # statsmodels, where installed, agrees
+        from statsmodels.stats.multitest import multipletests
+    except ImportError:
+        return
+    reject, corrected, _, _ = multipletests([0.01, 0.04, 0.03, 0.005], method="holm")
+    assert list(corrected) == pytest.approx([got[k][0] for k in "abcd"])
