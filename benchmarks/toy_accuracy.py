@@ -27,6 +27,7 @@ the JSON alone by :func:`render_markdown`) into ``--output-dir`` (default ``benc
 import argparse
 import concurrent.futures as futures
 import datetime
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -112,6 +113,7 @@ def run_one(config_file, opts, output_dir, kind):
     returns {"iterations", "train_seconds", metric: value}."""
     import torch
     from detectron2.evaluation import DatasetEvaluators
+    from detectron2.utils.env import seed_all_rng
 
     import nrd_rsp  # noqa: F401
     from nrd_rsp.engine import Trainer, setup_cfg
@@ -121,6 +123,7 @@ def run_one(config_file, opts, output_dir, kind):
     cfg = setup_cfg(os.path.join(ROOT, config_file), [*opts, "OUTPUT_DIR", output_dir], quiet=True)
     os.makedirs(output_dir, exist_ok=True)
     start = time.perf_counter()
+    seed_all_rng(cfg.SEED)  # Python, NumPy and torch: the seed decides the initial weights
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -142,26 +145,71 @@ def run_one(config_file, opts, output_dir, kind):
 CACHE_NAME = "toy_accuracy_run.json"
 
 
+CODE_PATHS = ("projects/nrd_rsp", "configs", "benchmarks/toy_accuracy.py", "train_net.py")
+
+
+def code_hash():
+    """SHA-256 of the files that decide a run (the project package, the configs, this script),
+    as they are on disk: committed or not."""
+    h = hashlib.sha256()
+    for top in CODE_PATHS:
+        path = os.path.join(ROOT, top)
+        files = [path] if os.path.isfile(path) else [
+            os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
+            if f.endswith((".py", ".yaml")) and "__pycache__" not in d
+        ]  # fmt: skip
+        for f in sorted(files):
+            h.update(os.path.relpath(f, ROOT).encode() + b"\0")
+            with open(f, "rb") as fh:
+                h.update(fh.read() + b"\0")
+    return h.hexdigest()
+
+
+def run_key(config, opts, code):
+    """The cache key of a run: its config file, its options and the code."""
+    return hashlib.sha256(json.dumps([config, list(opts), code]).encode()).hexdigest()[:16]
+
+
 def _job(job):
     """One (setting, row, seed) in a worker process: Detectron2's log (with its ETA) goes to
-    ``<work dir>/log.txt``; the metrics are cached in :data:`CACHE_NAME` next to it."""
-    setting, row, seed, opts, work_dir = job
+    ``<work dir>/log.txt``; the metrics are cached in :data:`CACHE_NAME` next to it, reused only
+    while the run's key (config, options, code) is the same."""
+    setting, row, seed, opts, work_dir, command = job
+    _, config, kind = ROWS[row]
+    opts = [*opts, "SEED", str(seed)]
+    key = run_key(config, opts, code_hash())
     cache = os.path.join(work_dir, CACHE_NAME)
     if os.path.exists(cache):
         with open(cache) as f:
-            return job, json.load(f)
+            cached = json.load(f)
+        if cached.get("key") == key:
+            return job, cached
     os.makedirs(work_dir, exist_ok=True)
     for name in ("detectron2", "nrd_rsp", "fvcore"):
         log = logging.getLogger(name)
         log.handlers[:] = [logging.FileHandler(os.path.join(work_dir, "log.txt"))]
         log.setLevel(logging.INFO)
         log.propagate = False
-    _, config, kind = ROWS[row]
-    metrics = run_one(config, [*opts, "SEED", str(seed)], work_dir, kind)
+    metrics = run_one(config, opts, work_dir, kind)
+    metrics.update(key=key, threads=_threads(), command=command)
     with open(cache + ".tmp", "w") as f:
         json.dump(metrics, f)
     os.replace(cache + ".tmp", cache)
     return job, metrics
+
+
+def _threads():
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _command(args, setting, row, seed):
+    """The command that runs this one (setting, row, seed) again."""
+    return shlex.join(
+        ["python", "benchmarks/toy_accuracy.py", "--mode", args.mode, "--device", args.device]
+        + ["--settings", setting, "--rows", row, "--seeds", str(seed), "--jobs", "1", *args.opts]
+    )
 
 
 def run_all(args, opts_common):
@@ -171,7 +219,8 @@ def run_all(args, opts_common):
 
     jobs = [
         (setting, row, seed, [*opts_common, *SETTINGS[setting][2]],
-         os.path.join(args.work_dir, args.mode, setting, row, f"seed{seed}"))
+         os.path.join(args.work_dir, args.mode, setting, row, f"seed{seed}"),
+         _command(args, setting, row, seed))
         for setting in args.settings
         for seed in args.seeds  # seed-major: an interrupted run leaves whole seeds
         for row in args.rows
@@ -183,7 +232,7 @@ def run_all(args, opts_common):
         pending = [pool.submit(_job, job) for job in jobs]
         try:
             for done in tqdm(futures.as_completed(pending), total=len(jobs), unit="run"):
-                (setting, row, seed, _, _), metrics = done.result()
+                (setting, row, seed, *_), metrics = done.result()
                 runs.setdefault(setting, {}).setdefault(row, {})[str(seed)] = metrics
         except BaseException:
             pool.shutdown(cancel_futures=True)  # stop now, not after every queued run
