@@ -134,16 +134,18 @@ def test_srun_tasks_join_one_job(tmp_path):
     assert (tmp_path / "model_final.pth").exists()
 
 
-@pytest.mark.parametrize("kind", ["", "fpe"])
+@pytest.mark.parametrize("kind", ["", "fpe", "loader"])
 def test_an_error_on_one_machine_stops_both_within_60s(tmp_path, kind):
-    """Two launchers on loopback (--num-machines 2), an exception in rank 1's step."""
+    """Two launchers on loopback (--num-machines 2), an exception in rank 1's step (a
+    RuntimeError, Detectron2's FloatingPointError) or in its data loader worker."""
     url = f"tcp://127.0.0.1:{_free_port()}"
     env = _clean_env(NRD_RSP_INJECT_ERROR="3@1" + (f":{kind}" if kind else ""))
     procs = []
     for machine in range(2):
         cmd = [sys.executable, "train_net.py", "--config-file", SEMANTIC_CFG, "--num-gpus", "1",
                "--num-machines", "2", "--machine-rank", str(machine), "--dist-url", url,
-               *_opts(tmp_path / str(machine), max_iter=200)]  # fmt: skip
+               *_opts(tmp_path / str(machine), max_iter=200),
+               "DATALOADER.NUM_WORKERS", "1" if kind == "loader" else "0"]  # fmt: skip
         procs.append(
             subprocess.Popen(
                 cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, stdout=subprocess.DEVNULL
@@ -153,7 +155,9 @@ def test_an_error_on_one_machine_stops_both_within_60s(tmp_path, kind):
     failed_at = time.time()
     errs.insert(0, procs[0].communicate(timeout=120)[1])
     assert time.time() - failed_at < 60
-    expected = "injected" if not kind else "Training diverged at iteration 3"
+    expected = {"": "injected fault", "fpe": "Training diverged at iteration 3"}.get(
+        kind, "injected loader fault at stream position"
+    )
     for p, err in zip(procs, errs):
         lines = [ln for ln in err.splitlines() if "ERROR" in ln or "Error" in ln]
         assert p.returncode == 1 and len(lines) == 1 and "Traceback" not in err, err[-3000:]

@@ -32,7 +32,9 @@ one; and one unreadable image kills the whole job. Here:
 """
 
 import logging
+import os
 import signal
+import threading
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -111,14 +113,24 @@ class ResumableMapDataset(torchdata.Dataset):
         return int(members[np.random.randint(len(members))])
 
     def _shield_worker(self) -> None:
-        """In a data loader worker, once: ignore the signals ``worker_ignores`` (the preemption
-        signals). PyTorch's SIGTERM handler there would end the worker, and the main process
-        would then fail before it could save."""
+        """In a data loader worker, once: the signals ``worker_ignores`` (the preemption signals)
+        no longer end it, unless they come from its main process (which ends its workers that
+        way at shutdown). PyTorch's own SIGTERM handler in a worker would end it whoever sent
+        the signal, and the main process would then fail before it could save."""
         global _WORKER_SHIELDED
-        if not _WORKER_SHIELDED and torchdata.get_worker_info() is not None:
-            for signum in self._worker_ignores:
-                signal.signal(signum, signal.SIG_IGN)
-            _WORKER_SHIELDED = True
+        if _WORKER_SHIELDED or not self._worker_ignores or torchdata.get_worker_info() is None:
+            return
+        _WORKER_SHIELDED = True
+        signals = set(self._worker_ignores)
+        parent = os.getppid()
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # this thread, and the one below
+
+        def wait_for_parent():
+            while True:
+                if signal.sigwaitinfo(signals).si_pid == parent:
+                    os._exit(0)
+
+        threading.Thread(target=wait_for_parent, name="nrd_rsp-signals", daemon=True).start()
 
     def __getitem__(self, key):
         self._shield_worker()

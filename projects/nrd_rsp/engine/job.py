@@ -75,8 +75,8 @@ def rank_main(main_func: Callable, args, signals: Sequence[str]):
         status = exit_code(e)
         same_on_all_ranks = isinstance(e, UserError) or getattr(e, "all_ranks", False)
         if not same_on_all_ranks:
-            message = one_line(e) if isinstance(e, NrdRspError) else f"{type(e).__name__}: {e}"
-            watch.announce(" ".join(message.split()), status)
+            name = "" if isinstance(e, NrdRspError) else f"{type(e).__name__}: "
+            watch.announce(name + one_line(e), status)
         if comm.is_main_process() or not same_on_all_ranks:
             if not comm.is_main_process():
                 print(f"[rank {comm.get_rank()}]", end=" ", file=sys.stderr)

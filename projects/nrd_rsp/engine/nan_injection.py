@@ -1,12 +1,16 @@
 """Test-only fault injection, through a forward hook at a chosen training iteration (and rank):
 a NaN loss that flows into ``backward`` exactly like a real divergence
 (``NRD_RSP_INJECT_NAN_LOSS``), or an exception raised in the step (``NRD_RSP_INJECT_ERROR``:
-``RuntimeError``, or with ``:fpe`` the ``FloatingPointError`` of Detectron2's RPN check)."""
+``RuntimeError``, with ``:fpe`` the ``FloatingPointError`` of Detectron2's RPN check, with
+``:loader`` a ``RuntimeError`` in the data loader, i.e. in a worker process when there are
+workers)."""
 
 import logging
 import os
 
 from detectron2.utils import comm
+
+from ..data.resumable_loader import ResumableMapDataset
 
 __all__ = ["NAN_INJECTION_ENV", "ERROR_INJECTION_ENV", "install_nan_injection"]
 
@@ -23,7 +27,29 @@ def _parse(spec: str):
     return int(it), (int(rank) if rank else None), kind
 
 
-def _install_error_injection(model, trainer) -> None:
+class _FailingMapDataset(ResumableMapDataset):
+    """A :class:`ResumableMapDataset` that raises from stream position ``fail_from`` on (module
+    level: data loader workers may receive it pickled)."""
+
+    fail_from = 0
+
+    def __getitem__(self, key):
+        p = key[0] if isinstance(key, tuple) else int(key)
+        if p >= self.fail_from:
+            raise RuntimeError(f"injected loader fault at stream position {p}")
+        return super().__getitem__(key)
+
+
+def _failing_loader(data_loader, first_position: int, rank):
+    """Make the mapped dataset of ``data_loader`` raise from stream position ``first_position``
+    on (on ``rank`` only)."""
+    dataset = getattr(data_loader, "dataset", None)
+    if isinstance(dataset, ResumableMapDataset) and rank in (None, comm.get_rank()):
+        dataset.__class__ = _FailingMapDataset
+        dataset.fail_from = first_position
+
+
+def _install_error_injection(model, trainer, data_loader, ims_per_batch) -> None:
     spec = os.environ.get(ERROR_INJECTION_ENV, "")
     if not spec:
         return
@@ -32,6 +58,10 @@ def _install_error_injection(model, trainer) -> None:
 
     # Only in a job's first attempt: a torchrun elastic restart runs clean.
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    if kind == "loader":
+        if first_attempt:
+            _failing_loader(data_loader, it * ims_per_batch, rank)
+        return
 
     def hook(module, inputs, output):
         hit = trainer.iter == it and rank in (None, comm.get_rank())
@@ -44,11 +74,11 @@ def _install_error_injection(model, trainer) -> None:
     model.register_forward_hook(hook)
 
 
-def install_nan_injection(model, trainer) -> None:
+def install_nan_injection(model, trainer, data_loader=None, ims_per_batch: int = 0) -> None:
     """With ``NRD_RSP_INJECT_NAN_LOSS=ITER`` (or ``ITER@RANK``) in the environment, make the
     first loss term of ``model`` NaN at ``trainer.iter == ITER`` (on rank RANK only). Install it
     before any other forward hook that reads the losses. A no-op without the variable."""
-    _install_error_injection(model, trainer)
+    _install_error_injection(model, trainer, data_loader, ims_per_batch)
     spec = os.environ.get(NAN_INJECTION_ENV, "")
     if not spec:
         return

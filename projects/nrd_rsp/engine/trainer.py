@@ -77,7 +77,7 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg, seed=self.seed)
-        install_nan_injection(model, weakref.proxy(self))
+        install_nan_injection(model, weakref.proxy(self), data_loader, cfg.SOLVER.IMS_PER_BATCH)
         ddp_kwargs = {"broadcast_buffers": False}
         if cfg.MODEL.DEVICE == "cpu":
             ddp_kwargs["device_ids"] = None
