@@ -8,6 +8,10 @@
   annotations, the Panoptic FPN format) with optional photometric distortion.
 * ``CheckedDatasetMapper``: Detectron2's ``DatasetMapper`` with checked reading; the test mapper.
 
+The semantic training mapper resizes and crops on the crop window only, and the other two apply
+a leading ``ResizeShortestEdge`` to the image as PIL reads it (``nrd_rsp.data.crop_resize``):
+same random draws and labels, images within one grey level (semantic) or equal (the others).
+
 All of them read and augment through ``nrd_rsp.data.checked_reading``: an unreadable/corrupt
 image or label, an image whose size differs from the dataset dict's, a label whose size differs
 from its image, or an image so elongated that a resize would leave it no pixel row or column
@@ -25,7 +29,7 @@ and ``PhotoMetricDistortion`` (mmseg's, the NRD authors') converts to HSV from t
 
 import copy
 import logging
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import cv2
 import numpy as np
@@ -34,7 +38,6 @@ from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from PIL import Image
 from torch.nn import functional as F
 
 from ..errors import BadSampleError
@@ -43,6 +46,13 @@ from .checked_reading import (
     check_image_size_or_skip,
     read_image_checked,
     read_label_checked,
+)
+from .crop_resize import (
+    RandomResizeKeepRatio,
+    crop_window_augmentations,
+    map_crop_window,
+    map_resize_first,
+    resize_first_augmentations,
 )
 
 __all__ = [
@@ -213,51 +223,6 @@ class PhotoMetricDistortion(T.Augmentation):
         )
 
 
-class RandomResizeKeepRatio(T.Augmentation):
-    """Random keep-ratio resize of mmseg's ``Resize(img_scale, ratio_range, keep_ratio=True)``.
-
-    Draws ``r ~ U(min_scale, max_scale)`` and rescales an ``h x w`` image by
-    ``f = r * min(max(base_size) / max(h, w), min(base_size) / min(h, w))`` (``mmcv.rescale_size``
-    of the scale ``r * base_size``): the largest size whose long side is at most
-    ``r * max(base_size)`` and short side at most ``r * min(base_size)``, for portrait and
-    landscape images alike. Output size ``(int(h f + 0.5), int(w f + 0.5))``. mmseg truncates
-    ``r * base_size`` to integers first: its ``f`` is smaller by less than
-    ``1 / (r min(base_size))`` relative (0.4% for ADE20K), a difference of no consequence that
-    keeps the toy data stream of Detectron2's ``ResizeScale`` for landscape images.
-    Detectron2's ``ResizeScale`` fits the image into ``r * (target_height, target_width)``
-    instead, which shrinks portrait images by up to ``min(base_size) / max(base_size)`` more
-    (4x for ADE20K's (512, 2048)).
-    """
-
-    def __init__(
-        self,
-        *,
-        min_scale: float,
-        max_scale: float,
-        base_size: Sequence[int],
-        interp: int = Image.BILINEAR,
-    ):
-        super().__init__()
-        if len(base_size) != 2 or min(base_size) <= 0 or not 0 < min_scale <= max_scale:
-            raise ValueError(
-                f"Bad resize: INPUT.RESIZE_BASE_SIZE {tuple(base_size)} must be two positive "
-                f"sizes and INPUT.RESIZE_SCALE_RANGE ({min_scale}, {max_scale}) 0 < min <= max."
-            )
-        self._init(locals())
-
-    def resize_for(self, size: Tuple[int, int], ratio: float) -> T.ResizeTransform:
-        """The resize of an ``(h, w)`` image for the drawn ratio ``r``."""
-        h, w = size
-        long_side, short_side = max(self.base_size), min(self.base_size)
-        factor = ratio * min(long_side / max(h, w), short_side / min(h, w))
-        out_h, out_w = int(h * factor + 0.5), int(w * factor + 0.5)
-        return T.ResizeTransform(h, w, out_h, out_w, self.interp)
-
-    def get_transform(self, image):
-        ratio = np.random.uniform(self.min_scale, self.max_scale)
-        return self.resize_for(image.shape[:2], ratio)
-
-
 def build_photometric_augmentations(cfg):
     """Training photometric distortion: none without ``INPUT.COLOR_AUG``; for
     ``INPUT.COLOR_AUG_TYPE`` "detectron2", brightness, contrast and saturation factors in
@@ -293,20 +258,41 @@ def _pad_to_divisibility(image, sem_seg, divisibility, ignore_value):
 class SemanticSegDatasetMapper:
     """Map a semantic segmentation dataset dict (``file_name``, ``sem_seg_file_name``) to
     ``{"image": uint8 Tensor[3, H, W], "sem_seg": int64 Tensor[H, W], "height", "width", ...}``.
+
+    When the augmentations start with a ``RandomResizeKeepRatio`` (and a
+    ``RandomCrop_CategoryAreaConstraint``), as the training ones do, and ``crop_window_resize`` is
+    True, those two are computed on the crop window only (``nrd_rsp.data.crop_resize``): the
+    same random draws and labels as resizing the whole image and then cropping, images within
+    one grey level. Otherwise (and with ``crop_window_resize=False``, the reference path) the
+    whole image is augmented by Detectron2's ``AugmentationList``, with uint8 labels kept uint8
+    (resized by PIL, nearest; other label types as float64, resized by ``F.interpolate``).
     """
 
     @configurable
     def __init__(
-        self, is_train=True, *, augmentations, image_format, ignore_label, size_divisibility=-1
+        self,
+        is_train=True,
+        *,
+        augmentations,
+        image_format,
+        ignore_label,
+        size_divisibility=-1,
+        crop_window_resize=True,
     ):
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.ignore_label = ignore_label
         self.size_divisibility = size_divisibility
+        window = crop_window_augmentations(augmentations) if crop_window_resize else None
+        if window is not None and image_format in ("RGB", "BGR"):
+            self._window = (*window[:2], T.AugmentationList(window[2]))
+        else:
+            self._window = None
         mode = "train" if is_train else "test"
         logging.getLogger(__name__).info(
             f"[SemanticSegDatasetMapper] {mode} augmentations: {augmentations}"
+            + (" (resize and crop on the crop window)" if self._window else "")
         )
 
     @classmethod
@@ -340,24 +326,33 @@ class SemanticSegDatasetMapper:
             "size_divisibility": size_divisibility,
         }
 
+    def _read_and_augment(self, dataset_dict):
+        """Image (HWC) and label (HW or None) after all augmentations."""
+        file_name = dataset_dict["file_name"]
+        if self._window is not None and "sem_seg_file_name" in dataset_dict:
+            resize, crop, rest = self._window
+            image, sem_seg = map_crop_window(dataset_dict, self.image_format, resize, crop)
+            augmentations = rest
+        else:
+            image = read_image_checked(file_name, self.image_format)
+            check_image_size_or_skip(dataset_dict, image)
+            sem_seg = None
+            if "sem_seg_file_name" in dataset_dict:
+                label_file = dataset_dict.pop("sem_seg_file_name")
+                sem_seg = read_label_checked(label_file, image.shape[:2])
+                if sem_seg.dtype != np.uint8:  # Detectron2 resizes only uint8 with PIL
+                    sem_seg = sem_seg.astype("double")
+            elif self.is_train:
+                msg = f"training sample '{file_name}' has no 'sem_seg_file_name'"
+                raise BadSampleError(msg, file_name)
+            augmentations = self.augmentations
+        aug_input = T.AugInput(image, sem_seg=sem_seg)
+        apply_augmentations_checked(augmentations, aug_input, file_name)
+        return aug_input.image, aug_input.sem_seg
+
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_image_checked(dataset_dict["file_name"], self.image_format)
-        check_image_size_or_skip(dataset_dict, image)
-        sem_seg = None
-        if "sem_seg_file_name" in dataset_dict:
-            label_file = dataset_dict.pop("sem_seg_file_name")
-            sem_seg = read_label_checked(label_file, image.shape[:2]).astype("double")
-        elif self.is_train:
-            raise BadSampleError(
-                f"training sample '{dataset_dict['file_name']}' has no 'sem_seg_file_name'",
-                dataset_dict["file_name"],
-            )
-
-        aug_input = T.AugInput(image, sem_seg=sem_seg)
-        apply_augmentations_checked(self.augmentations, aug_input, dataset_dict["file_name"])
-        image, sem_seg = aug_input.image, aug_input.sem_seg
-
+        image, sem_seg = self._read_and_augment(dataset_dict)
         image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if sem_seg is not None:
             sem_seg = torch.as_tensor(sem_seg.astype("long"))
@@ -380,19 +375,25 @@ class CheckedDatasetMapper(DatasetMapper):
     stored (Detectron2 converts them to luminance ``L``, which turns palette indices into grey
     levels); otherwise ``__call__`` follows ``DatasetMapper.__call__``."""
 
-    def __call__(self, dataset_dict):
-        dataset_dict = copy.deepcopy(dataset_dict)
+    def _read_and_augment(self, dataset_dict):
+        """Image, label (or None) and transforms; a leading ``ResizeShortestEdge`` is applied to
+        the image as read by PIL (``crop_resize.map_resize_first``: the same pixels)."""
+        first = resize_first_augmentations(self.augmentations.augs, self.image_format)
+        if first is not None:
+            return map_resize_first(dataset_dict, self.image_format, *first)
         image = read_image_checked(dataset_dict["file_name"], self.image_format)
         check_image_size_or_skip(dataset_dict, image)
         sem_seg_gt = None
         if "sem_seg_file_name" in dataset_dict:
             sem_seg_gt = read_label_checked(dataset_dict.pop("sem_seg_file_name"), image.shape[:2])
-
         aug_input = T.AugInput(image, sem_seg=sem_seg_gt)
-        transforms = apply_augmentations_checked(
-            self.augmentations, aug_input, dataset_dict["file_name"]
-        )
-        image, sem_seg_gt = aug_input.image, aug_input.sem_seg
+        file_name = dataset_dict["file_name"]
+        transforms = apply_augmentations_checked(self.augmentations, aug_input, file_name)
+        return aug_input.image, aug_input.sem_seg, transforms
+
+    def __call__(self, dataset_dict):
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image, sem_seg_gt, transforms = self._read_and_augment(dataset_dict)
 
         image_shape = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
