@@ -59,9 +59,10 @@ def _cfg(config, base, crop, color_aug):
     return cfg
 
 
-def _write(tmp_path, hw, label_mode="L"):
+def _write(tmp_path, hw, label_mode="L", ignored_columns=3):
     """A smooth image with noise, and a label whose top 60% is one class (so that the
-    single-category cap rejects crops there), with blobs of 5 others and an ignore band."""
+    single-category cap rejects crops there), with blobs of 5 others and an ignore band of
+    ``ignored_columns`` on the left."""
     h, w = hw
     rng = np.random.RandomState(h * w)
     ys, xs = np.mgrid[0:h, 0:w]
@@ -72,7 +73,7 @@ def _write(tmp_path, hw, label_mode="L"):
     for k in range(12):
         cy, cx, r = rng.randint(h), rng.randint(w), rng.randint(3, 12)
         label[(ys - cy) ** 2 + (xs - cx) ** 2 < r * r] = 10 + k % 5
-    label[:, :3] = 255
+    label[:, :ignored_columns] = 255
     Image.fromarray(image).save(tmp_path / "image.png")
     if label_mode == "I":
         label[label == 7] = 1000  # a label type other than uint8
@@ -155,13 +156,16 @@ def test_crop_window_path_gives_the_resize_then_crop_sample(tmp_path, case):
     assert off < 0.02 * sum(np.prod(s) * 3 for s in ratios)  # almost all pixels equal
 
 
-def test_category_area_retries_are_the_same(tmp_path):
+@pytest.mark.parametrize("ignored_columns", [3, 100])
+def test_category_area_retries_are_the_same(tmp_path, ignored_columns):
     """Seeds whose first crops hold one category for more than 75% of their pixels: the crop is
     redrawn (up to 10 times) on the resized label, by both paths alike (the reference's
-    Detectron2 augmentation calls ``np.unique`` once per draw)."""
+    Detectron2 augmentation calls ``np.unique`` once per draw). With the left 100 columns
+    ignored, crops of ignore and one category are redrawn: the ignore label is not a
+    category."""
     config, hw, base, _ = CASES["cityscapes_d2"]
     cfg = _cfg(config, base, (32, 64), color_aug=False)
-    d = _write(tmp_path, hw)
+    d = _write(tmp_path, hw, ignored_columns=ignored_columns)
     mapper = build_train_mapper(cfg)
     retried, real_unique = 0, np.unique
     for seed in range(20):
