@@ -242,3 +242,28 @@ def test_the_launcher_forwards_preemption_signals_to_its_workers(tmp_path):
         assert child.wait(timeout=30) == 0 and marker.exists()
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+def _sleep():
+    time.sleep(60)
+
+
+def test_processes_forked_from_a_rank_still_end_on_sigterm():
+    """A pool worker forked after catch_signals (panopticapi's, at evaluation) must end on its
+    pool's terminate(), not raise the rank's preemption flag."""
+    import multiprocessing
+
+    from nrd_rsp.engine.preemption import catch_signals, preemption_requested, release_signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    catch_signals(["SIGTERM"])
+    try:
+        child = multiprocessing.get_context("fork").Process(target=_sleep)
+        child.start()
+        child.terminate()
+        child.join(timeout=20)
+        assert child.exitcode == -signal.SIGTERM
+        assert not preemption_requested()
+    finally:
+        release_signals()
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -12,8 +12,10 @@ any rank, into an orderly stop:
    :class:`Preempted` (exit status :data:`PREEMPTED_EXIT_STATUS`, 75, ``EX_TEMPFAIL``: "try
    again"), which prints ``preempted at iteration N; rerun with --resume``.
 
-Data loader workers ignore the signals (:func:`ignore_signals`): a signal sent to the whole
-process group must not end them, and with them the main process, before the save. The launching
+Data loader workers ignore the signals unless their main process sends them
+(:mod:`nrd_rsp.data.resumable_loader`): a signal sent to the whole process group must not end
+them, and with them the main process, before the save; other processes forked from a rank keep
+the usual behaviour. After training the previous handlers are back (:func:`release_signals`). The launching
 process of ``--num-gpus N`` forwards the signals to its workers (:func:`forward_signals`).
 """
 
@@ -36,7 +38,7 @@ __all__ = [
     "PreemptionHook",
     "parse_signals",
     "catch_signals",
-    "ignore_signals",
+    "release_signals",
     "preemption_requested",
     "forward_signals",
 ]
@@ -72,32 +74,41 @@ def parse_signals(names: Sequence[str]) -> Dict[str, int]:
     return out
 
 
-_requested = {"signal": None}  # set by the handler of catch_signals (process-wide, like signals)
+# Process-wide, like signal dispositions: the flag, the process that raised it, the handlers
+# that catch_signals replaced.
+_state = {"signal": None, "pid": None, "previous": {}}
 
 
 def _flag(signum, frame):
-    _requested["signal"] = signum
+    if os.getpid() != _state["pid"]:  # a process forked from ours (a pool worker): die as usual
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    _state["signal"] = signum
 
 
 def catch_signals(signals: Sequence[str]) -> None:
     """From now on, the preemption ``signals`` only raise this process's flag (read by
-    :class:`PreemptionHook` after every iteration). Call it as early as possible in each rank
-    (main thread), so that a signal during start-up stops training at its first iteration."""
+    :class:`PreemptionHook` after every iteration), until :func:`release_signals`. Call it as
+    early as possible in each rank (main thread), so that a signal during start-up stops
+    training at its first iteration. Processes forked later keep the usual behaviour."""
+    _state["pid"] = os.getpid()
     for signum in parse_signals(signals).values():
-        signal.signal(signum, _flag)
+        previous = signal.signal(signum, _flag)
+        if previous is not _flag:
+            _state["previous"][signum] = previous
+
+
+def release_signals() -> None:
+    """Give the preemption signals back the handlers :func:`catch_signals` replaced."""
+    for signum, previous in _state["previous"].items():
+        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+    _state["previous"] = {}
 
 
 def preemption_requested() -> bool:
     """Whether this process got a preemption signal since :func:`catch_signals`."""
-    return _requested["signal"] is not None
-
-
-def ignore_signals(signals: Sequence[str]) -> None:
-    """Ignore the preemption ``signals`` in this process (a data loader worker: PyTorch's own
-    SIGTERM handler there would end the worker, and the main process would then fail before
-    saving)."""
-    for signum in parse_signals(signals).values():
-        signal.signal(signum, signal.SIG_IGN)
+    return _state["signal"] is not None and _state["pid"] == os.getpid()
 
 
 class PreemptionHook(HookBase):
@@ -117,6 +128,10 @@ class PreemptionHook(HookBase):
             f"On {', '.join(self.signals)}: save the current iteration and exit with status "
             f"{PREEMPTED_EXIT_STATUS} (rerun with --resume)."
         )
+
+    def after_train(self):
+        if self.signals and threading.current_thread() is threading.main_thread():
+            release_signals()
 
     def _agreed(self) -> bool:
         flag = 1 if preemption_requested() else 0
