@@ -15,8 +15,9 @@ any rank, into an orderly stop:
 Data loader workers ignore the signals unless their main process sends them
 (:mod:`nrd_rsp.data.resumable_loader`): a signal sent to the whole process group must not end
 them, and with them the main process, before the save; other processes forked from a rank keep
-the usual behaviour. After training the previous handlers are back (:func:`release_signals`). The launching
-process of ``--num-gpus N`` forwards the signals to its workers (:func:`forward_signals`).
+the usual behaviour. After training the previous handlers are back (:func:`release_signals`).
+The launching process of ``--num-gpus N`` forwards the signals to its workers
+(:func:`forward_signals`).
 """
 
 import logging
