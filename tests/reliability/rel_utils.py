@@ -1,11 +1,13 @@
 """Shared helpers of the reliability tests: small, fast toy settings and train_net runners."""
 
 import json
+import math
 import os
 import re
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT, TOY_OPTS
 
 SEMANTIC_CFG = "configs/Toy/semantic_fpn_R_18_toy.yaml"
@@ -65,6 +67,19 @@ def read_losses(out_dir):
                 d = json.loads(line)
                 losses.setdefault(d.pop("iteration"), []).append(d)
     return losses
+
+
+def assert_same_losses(ref_dir, got_dir, max_iter):
+    """The per-iteration losses of ``got_dir`` (every entry: an iteration run twice around an
+    interruption must agree too) equal those of ``ref_dir`` within 1e-5, for iterations
+    ``0 .. max_iter - 1``."""
+    ref, got = read_losses(ref_dir), read_losses(got_dir)
+    assert sorted(ref) == sorted(got) == list(range(max_iter))
+    for it in range(max_iter):
+        for entry in got[it]:
+            assert entry.keys() == ref[it][0].keys()
+            for k, v in entry.items():
+                assert math.isfinite(v) and v == pytest.approx(ref[it][0][k], abs=1e-5), (it, k)
 
 
 def error_lines(stderr):

@@ -9,7 +9,15 @@ import pytest
 import torch
 from detectron2.engine import AMPTrainer
 from detectron2.utils.env import seed_all_rng
-from rel_utils import ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, check_ok, read_losses, run
+from rel_utils import (
+    ROOT,
+    SEMANTIC_CFG,
+    SMALL_SEMANTIC_OPTS,
+    assert_same_losses,
+    check_ok,
+    read_losses,
+    run,
+)
 
 from nrd_rsp.engine import Trainer, setup_cfg
 from nrd_rsp.errors import ConfigError
@@ -60,13 +68,7 @@ def _interrupt_after(trainer, iteration):
 
 
 def _assert_same_losses(ref_dir, got_dir):
-    ref, got = read_losses(ref_dir), read_losses(got_dir)
-    assert sorted(ref) == sorted(got) == list(range(MAX_ITER))
-    for it in range(MAX_ITER):
-        for entry in got[it]:
-            assert entry.keys() == ref[it][0].keys()
-            for k, v in entry.items():
-                assert math.isfinite(v) and v == pytest.approx(ref[it][0][k], abs=1e-5), (it, k)
+    assert_same_losses(ref_dir, got_dir, MAX_ITER)
 
 
 @pytest.mark.parametrize(

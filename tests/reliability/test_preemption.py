@@ -21,6 +21,7 @@ from rel_utils import (
     ROOT,
     SEMANTIC_CFG,
     SMALL_SEMANTIC_OPTS,
+    assert_same_losses,
     check_ok,
     read_losses,
     run,
@@ -128,16 +129,6 @@ def _check_preempted(out, status, err):
     return stopped
 
 
-def _check_same_losses(out, reference):
-    ref, got = read_losses(reference), read_losses(out)
-    assert sorted(got) == sorted(ref) == list(range(MAX_ITER))
-    for it in range(MAX_ITER):
-        for entry in got[it]:
-            assert entry.keys() == ref[it][0].keys()
-            for k, v in entry.items():
-                assert v == pytest.approx(ref[it][0][k], abs=1e-5), (it, k)
-
-
 @pytest.mark.parametrize("workers,target", [(0, "rank"), (2, "group")])
 def test_sigterm_saves_the_iteration_and_resume_reproduces_the_losses(
     reference, tmp_path, workers, target
@@ -159,7 +150,7 @@ def test_sigterm_saves_the_iteration_and_resume_reproduces_the_losses(
     r = run(["--config-file", SEMANTIC_CFG, "--num-gpus", "2", "--resume", *_opts(out, workers)])
     check_ok(r)
     assert f"Starting training from iteration {stopped + 1}" in r.stdout
-    _check_same_losses(out, reference)
+    assert_same_losses(reference, out, MAX_ITER)
 
 
 def test_evaluation_during_a_2_process_run_equals_a_1_process_eval_only(reference, tmp_path):
