@@ -91,8 +91,8 @@ def _local_job(out, max_iter, preempt_at=None):
 
 
 def test_a_preempted_local_job_is_requeued_and_ends_like_an_uninterrupted_one(tmp_path):
-    reference = _local_job(tmp_path / "ref", max_iter=30)
-    got = _local_job(tmp_path / "pre", max_iter=30, preempt_at=10)
+    reference = _local_job(tmp_path / "ref", max_iter=20)
+    got = _local_job(tmp_path / "pre", max_iter=20, preempt_at=8)
     logs = "".join(p.read_text() for p in (tmp_path / "pre" / "submitit").glob("*_log.*"))
     assert "Requeued job" in logs and "Starting training from iteration 0" in logs
     resumed = [ln for ln in logs.splitlines() if "Starting training from iteration " in ln]
