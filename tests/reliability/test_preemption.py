@@ -255,6 +255,8 @@ def test_processes_forked_from_a_rank_still_end_on_sigterm():
         child.join(timeout=20)
         assert child.exitcode == -signal.SIGTERM
         assert not preemption_requested()
+        os.kill(os.getpid(), signal.SIGTERM)  # this process only raises its flag
+        assert preemption_requested()
     finally:
         release_signals()
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert signal.getsignal(signal.SIGTERM) is before and not preemption_requested()

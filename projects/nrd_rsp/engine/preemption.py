@@ -101,10 +101,12 @@ def catch_signals(signals: Sequence[str]) -> None:
 
 
 def release_signals() -> None:
-    """Give the preemption signals back the handlers :func:`catch_signals` replaced."""
+    """Give the preemption signals back the handlers :func:`catch_signals` replaced, and lower
+    the flag (a later training in this process starts afresh)."""
     for signum, previous in _state["previous"].items():
         signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
     _state["previous"] = {}
+    _state["signal"] = None
 
 
 def preemption_requested() -> bool:
