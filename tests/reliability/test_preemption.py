@@ -235,7 +235,8 @@ def test_the_launcher_forwards_preemption_signals_to_its_workers(tmp_path):
         signal.signal(signal.SIGUSR1, previous)
 
 
-def _sleep():
+def _sleep(ready):
+    ready.set()
     time.sleep(60)
 
 
@@ -249,8 +250,11 @@ def test_processes_forked_from_a_rank_still_end_on_sigterm():
     before = signal.getsignal(signal.SIGTERM)
     catch_signals(["SIGTERM"])
     try:
-        child = multiprocessing.get_context("fork").Process(target=_sleep)
+        ctx = multiprocessing.get_context("fork")
+        ready = ctx.Event()
+        child = ctx.Process(target=_sleep, args=(ready,))
         child.start()
+        assert ready.wait(timeout=20)  # a signal right after fork may be lost by CPython itself
         child.terminate()
         child.join(timeout=20)
         assert child.exitcode == -signal.SIGTERM
