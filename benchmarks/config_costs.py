@@ -26,7 +26,7 @@ hence on the random weights (fixed by the seed) and the image; both are reported
 
 Writes ``config_costs.json`` (every count) and ``config_costs.md`` (the README table, with the
 command line and date) to ``--output-dir`` (default ``benchmarks/results``);
-``tests/test_config_costs.py`` checks that README's table equals the JSON.
+``tests/benchmarks/test_config_costs.py`` checks that README's table equals the JSON.
 """
 
 import argparse

@@ -125,6 +125,6 @@ def panoptic_batch(n=2, h=128, w=160):
 def standin_setup(tmp_path_factory):
     """For tests/real_runs: (root of the prepared real-dataset stand-ins, the converted random
     "ImageNet" weights by ResNet depth), made once per module."""
-    from real_utils import ConvertedWeights, write_standins
+    from standin_runs import ConvertedWeights, write_standins
 
     return write_standins(tmp_path_factory), ConvertedWeights(tmp_path_factory.mktemp("weights"))

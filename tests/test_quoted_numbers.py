@@ -219,7 +219,7 @@ def quotes_rsp():
 
 def quotes_config_tables():
     """README's and MODEL_ZOO.md's cost cells of the real-dataset configs (config_costs.json;
-    tests/test_config_costs.py checks which row holds which)."""
+    tests/benchmarks/test_config_costs.py checks which row holds which)."""
     for r in _json("config_costs.json")["configs"].values():
         yield f"| {r['gflops_total']:.1f} / {r['gflops_decoder']:.1f} | {r['params_m']:.2f} |"
         yield f"| {r['gflops_total']:.1f} | {r['params_m']:.2f} | – |"

@@ -57,7 +57,7 @@ class ToyParams:
     """Parameters of one generated toy dataset; ``tag`` names its directory.
 
     The field defaults are the toy data's defaults everywhere: the registration at import, the
-    generator's command line and ``DATASETS.TOY`` (``tests/test_toy_data.py`` checks that the
+    generator's command line and ``DATASETS.TOY`` (``tests/data/test_toy_data.py`` checks that the
     config's defaults equal them).
     """
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.engine import AMPTrainer
 from detectron2.utils.env import seed_all_rng
-from rel_utils import (
+from run_helpers import (
     ROOT,
     SEMANTIC_CFG,
     SMALL_SEMANTIC_OPTS,

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from rel_utils import ROOT
+from run_helpers import ROOT
 from torch import nn
 
 from nrd_rsp.checkpoint import CheckpointError, CheckpointMismatchError, SafeCheckpointer

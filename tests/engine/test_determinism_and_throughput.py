@@ -1,7 +1,7 @@
 """Determinism and GPU throughput settings (issue 19), checked on CPU: the per-sample RNG block
 restores the CUDA generators too, the opt-in DETERMINISTIC_ALGORITHMS mode, cuDNN autotuning for
 the fixed-size crops, page-locked training batches on CUDA, and one host transfer per step in
-the step guard. The same on a GPU: tests/reliability/test_cuda.py (marked ``cuda``)."""
+the step guard. The same on a GPU: tests/engine/test_cuda.py (marked ``cuda``)."""
 
 import glob
 import logging

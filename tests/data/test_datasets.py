@@ -21,7 +21,7 @@ from nrd_rsp.data.datasets.register_pascal_context import (
 from nrd_rsp.data.toy import ensure_toy_dataset
 from nrd_rsp.data.toy.spec import ToyParams, toy_split_paths
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = os.path.join(ROOT, "datasets")
 
 

@@ -47,7 +47,7 @@ def _assert_panoptic_results(res):
     assert "AP" in res["bbox"] and "AP" in res["segm"]
 
 
-# Toy configs that tests/reliability/test_degenerate_inputs.py does not train (DeepLabV3+'s fixed
+# Toy configs that tests/engine/test_degenerate_inputs.py does not train (DeepLabV3+'s fixed
 # ASPP pooling kernel cannot take its unresized images): trained here through train_net.py.
 TOY_RUNS = ["deeplabv3plus_R_18_toy"]
 

@@ -18,7 +18,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
 from PIL import Image
-from rel_utils import (
+from run_helpers import (
     ROOT,
     SEMANTIC_CFG,
     SMALL_SEMANTIC_OPTS,

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from rel_utils import ENV, ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, check_ok, error_lines, run
+from run_helpers import ENV, ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, check_ok, error_lines, run
 
 from nrd_rsp.engine.launch import LaunchEnv, launcher_env, resolve_dist_url
 from nrd_rsp.errors import ConfigError

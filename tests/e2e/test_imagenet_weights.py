@@ -13,7 +13,7 @@ import test_coco_runs
 import torch
 from conftest import ROOT
 from detectron2.checkpoint import DetectionCheckpointer
-from real_utils import ConvertedWeights
+from standin_runs import ConvertedWeights
 
 from nrd_rsp.engine import Trainer, setup_cfg
 

@@ -15,7 +15,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from nrd_rsp.engine import ConfigError, Trainer, setup_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "tools", "convert-mmcls-v1c-to-d2.py")
 CS = os.path.join(ROOT, "configs", "Cityscapes-SemanticSegmentation")
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}

@@ -4,7 +4,7 @@ reshaped): renaming a module, a config key or a builder must not change a checkp
 old checkpoints keep loading.
 
 Regenerate the fixture only for a deliberate change of the checkpoint format:
-``python tests/test_state_dict_keys.py --write``."""
+``python tests/modeling/test_state_dict_keys.py --write``."""
 
 import json
 import os
@@ -17,7 +17,7 @@ from detectron2.modeling import build_model
 
 from nrd_rsp import add_nrd_rsp_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "state_dict_keys.json")
 CONFIGS = [
     "configs/Cityscapes-SemanticSegmentation/rsp_R_50_FPN_90k_bs16.yaml",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.utils.events import EventStorage
 from PIL import Image
-from rel_utils import ROOT
+from run_helpers import ROOT
 
 from nrd_rsp.data.mappers import (
     PanopticFPNDatasetMapper,

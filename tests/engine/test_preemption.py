@@ -16,7 +16,7 @@ import time
 
 import pytest
 import torch
-from rel_utils import (
+from run_helpers import (
     ENV,
     ROOT,
     SEMANTIC_CFG,

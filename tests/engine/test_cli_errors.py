@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from rel_utils import ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, error_lines, run
+from run_helpers import ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, error_lines, run
 
 from nrd_rsp.engine import Trainer, setup_cfg
 

@@ -23,7 +23,7 @@ from nrd_rsp.modeling.dynamic_mlp import (
 )
 from nrd_rsp.modeling.nrd_head import NRDHead
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOY_CFG = os.path.join(ROOT, "configs/Toy/nrd_R_18_toy.yaml")
 TOY_PAN_CFG = os.path.join(ROOT, "configs/Toy/nrd_rsp_panoptic_fpn_R_18_toy.yaml")
 TOY_PAN_BASE_CFG = os.path.join(ROOT, "configs/Toy/Base-Toy-Panoptic-FPN.yaml")

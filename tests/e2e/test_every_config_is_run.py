@@ -1,6 +1,6 @@
 """Every shipped config is exercised by a test: the real ones train and evaluate on the dataset
-stand-ins (tests/real_runs), the toy ones train a step and predict
-(tests/reliability/test_degenerate_inputs.py), and every Base-*.yaml is inherited by a leaf."""
+stand-ins (tests/e2e), the toy ones train a step and predict
+(tests/engine/test_degenerate_inputs.py), and every Base-*.yaml is inherited by a leaf."""
 
 import ast
 import glob
@@ -59,8 +59,8 @@ def _list_in(test_file, name):
 
 def _toy_models():
     """Toy configs trained by test_degenerate_inputs.py (MODELS) or test_train_net.py (TOY_RUNS)."""
-    names = _list_in("reliability/test_degenerate_inputs.py", "MODELS") + _list_in(
-        "test_train_net.py", "TOY_RUNS"
+    names = _list_in("engine/test_degenerate_inputs.py", "MODELS") + _list_in(
+        "tools/test_train_net.py", "TOY_RUNS"
     )
     return {f"configs/Toy/{m}.yaml" for m in names}
 

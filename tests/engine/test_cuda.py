@@ -9,7 +9,7 @@ import os
 
 import pytest
 import torch
-from rel_utils import ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, read_losses
+from run_helpers import ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, read_losses
 
 pytestmark = pytest.mark.cuda
 

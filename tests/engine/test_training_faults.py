@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from rel_utils import ENV, ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, check_ok, error_lines, run
+from run_helpers import ENV, ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, check_ok, error_lines, run
 
 from nrd_rsp.checkpoint import SafeCheckpointer
 from nrd_rsp.data.toy.spec import ToyParams, toy_dataset_dir

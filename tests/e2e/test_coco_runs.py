@@ -5,7 +5,7 @@ panoptic test-time augmentation; a FrozenBN backbone without weights."""
 import os
 
 import pytest
-from real_utils import (
+from standin_runs import (
     check_metrics,
     shipped_configs,
     train_and_check,

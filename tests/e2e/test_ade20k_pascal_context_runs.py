@@ -5,7 +5,7 @@ evaluated by SemSegEvaluator, as ``train_net.py`` runs it for a user."""
 import os
 
 import pytest
-from real_utils import shipped_configs, train_and_check
+from standin_runs import shipped_configs, train_and_check
 
 CONFIGS = [
     c

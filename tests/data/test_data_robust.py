@@ -18,7 +18,7 @@ from detectron2.data import transforms as T
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from rel_utils import ROOT
+from run_helpers import ROOT
 
 from nrd_rsp import add_nrd_rsp_config
 from nrd_rsp.data.checked_reading import apply_augmentations_checked

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from rel_utils import ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, run
+from run_helpers import ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, run
 
 from nrd_rsp import model_zoo, safe_loading
 from nrd_rsp.checkpoint import load_weights, write_d2_weights
