@@ -50,7 +50,7 @@ from detectron2.utils.logger import setup_logger
 
 import nrd_rsp  # noqa: F401  (registers datasets, heads and meta-architectures)
 from nrd_rsp import analysis as A
-from nrd_rsp.analysis.speed import interleaved_rounds, ratio_stats, timed
+from nrd_rsp.analysis.speed import MeasuredStep, interleaved_rounds, ratio_stats
 from nrd_rsp.engine import Trainer
 from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
 from nrd_rsp.safe_loading import add_allow_unsafe_config_argument
@@ -108,7 +108,9 @@ def _compile(model):
 
 
 class Variant:
-    """One config to measure: its model and a step (inference or one training step)."""
+    """One config to measure: its model and :attr:`step`, a :class:`MeasuredStep` (inference or
+    one training step, timed with its peak memory; ``step.peaks`` and ``step.rises`` per step,
+    warm-up included)."""
 
     def __init__(self, config_file, args):
         self.config_file = config_file
@@ -158,18 +160,7 @@ class Variant:
                 scaler.update()
 
         self.optimizer = optimizer if args.task == "train" else None
-        self._timed = timed(step, device)
-        self.peaks, self.rises = [], []  # per step, warm-up included
-        self.peak_kind = ""
-
-    def step(self):
-        """One timed step (seconds); the peak memory is measured from a reset just before it."""
-        baseline = A.reset_peak_memory(self.device)
-        seconds = self._timed()
-        peak, self.peak_kind = A.peak_memory(self.device)
-        self.peaks.append(peak)
-        self.rises.append(peak - baseline)
-        return seconds
+        self.step = MeasuredStep(step, device)
 
     def tensors_mib(self):
         """Memory of the model's parameters and buffers and of the optimizer's state (MiB)."""
@@ -227,15 +218,16 @@ def run_all(args):
             "interleaved_with": len(variants) - 1,
             **A.latency_stats(times[key], v.batch_size),
             "latency_ms_rounds": [t * 1e3 for t in times[key]],
-            "peak_memory_mib": max(v.peaks),
-            "peak_memory_kind": v.peak_kind
+            "peak_memory_mib": v.step.peak,
+            "peak_memory_kind": v.step.peak_kind
             + ("; other configs' models in the same process" if len(variants) > 1 else ""),
-            "memory_increase_mib": max(v.rises),  # activations, workspace, optimizer state growth
+            # activations, workspace, optimizer state growth
+            "memory_increase_mib": v.step.increase,
             # The config's own memory, whatever else the process holds: its weights, buffers and
             # optimizer state plus the largest rise during a timed step (activations, gradients,
             # workspace). With one config on CUDA it is close to the peak.
             "tensors_memory_mib": v.tensors_mib(),
-            "own_memory_mib": v.tensors_mib() + max(v.rises[-args.iters :]),
+            "own_memory_mib": v.tensors_mib() + max(v.step.rises[-args.iters :]),
         }
         if len(variants) > 1:
             res["baseline_config_file"] = configs[0]

@@ -21,6 +21,7 @@ import torch
 from ..errors import ConfigError
 
 __all__ = [
+    "MeasuredStep",
     "autocast",
     "current_rss_mib",
     "device_description",
@@ -82,6 +83,38 @@ def timed(step: Callable[[], None], device: torch.device) -> Callable[[], float]
         return time.perf_counter() - start
 
     return run
+
+
+class MeasuredStep:
+    """A step timed with its peak memory, for :func:`interleaved_rounds`: each call resets the
+    peak just before the step (:func:`reset_peak_memory`), times it (:func:`timed`) and returns
+    its seconds. ``peaks`` and ``rises`` hold, per call, the peak memory (MiB) and its rise over
+    the memory in use before the step; ``peak_kind`` says what the peak measures."""
+
+    def __init__(self, step: Callable[[], None], device: torch.device):
+        self.device = device
+        self._timed = timed(step, device)
+        self.peaks: List[float] = []
+        self.rises: List[float] = []
+        self.peak_kind = ""
+
+    def __call__(self) -> float:
+        baseline = reset_peak_memory(self.device)
+        seconds = self._timed()
+        peak, self.peak_kind = peak_memory(self.device)
+        self.peaks.append(peak)
+        self.rises.append(peak - baseline)
+        return seconds
+
+    @property
+    def peak(self) -> float:
+        """The largest peak over the calls (0 before the first)."""
+        return max(self.peaks, default=0.0)
+
+    @property
+    def increase(self) -> float:
+        """The largest rise over the calls (0 before the first)."""
+        return max(self.rises, default=0.0)
 
 
 def interleaved_rounds(
