@@ -7,6 +7,7 @@
 #   make quickstart            train + evaluate the toy model on CPU (GPU if there is one)
 #   make test                  formatting and lint (ruff, 100 columns), then the whole test suite
 #                              (and the GPU tests, pytest -m cuda, when CUDA is available)
+#   make test-fast             lint, then the tests not marked slow (under 3 minutes on 2 cores)
 PYTHON ?= python3.10
 VENV ?= .venv
 D2 ?= pypi
@@ -24,7 +25,7 @@ else
 $(error D2 must be 'pypi' (default) or 'none', got '$(D2)')
 endif
 
-.PHONY: setup quickstart test clean
+.PHONY: setup quickstart test test-fast clean
 
 setup: $(STAMP)
 
@@ -50,6 +51,11 @@ test: $(STAMP)
 	@# The GPU tests (marked cuda) run in their own session, with CUDA visible, when there is one.
 	@if $(PY) -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \
 	  $(PY) -m pytest -q -m cuda tests; fi
+
+test-fast: $(STAMP)
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q $(PYTEST_ARGS) -m "not slow and not cuda" tests
 
 clean:
 	rm -rf output .pytest_cache

@@ -21,6 +21,11 @@ def pytest_configure(config):
     os.environ["DETECTRON2_DATASETS"] = base
     config.addinivalue_line(
         "markers",
+        "slow: over about 10 s on 2 cores (training runs, several processes, full-size models); "
+        "`make test-fast` leaves them out, `make test` runs them",
+    )
+    config.addinivalue_line(
+        "markers",
         "cuda: needs a CUDA GPU; runs with `pytest -m cuda` (CUDA stays visible then), skipped "
         "otherwise",
     )
