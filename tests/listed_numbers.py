@@ -1,7 +1,8 @@
 """Numbers in the documentation that are not measurements, and what each one is.
 
-``tests/test_quoted_numbers.py`` fails on any number in README.md, MODEL_ZOO.md, docs/*.md,
-benchmarks/README.md, datasets/README.md or benchmarks/results/*.md that is neither
+``tests/test_quoted_numbers.py`` fails on any number in README.md, INSTALL.md,
+GETTING_STARTED.md, MODEL_ZOO.md, CONTRIBUTING.md, docs/*.md, benchmarks/README.md,
+datasets/README.md or benchmarks/results/*.md that is neither
 
 * a quote of a result file (formatted from the JSON by a ``quotes_*`` function of that test), nor,
   for ``benchmarks/results/X.md``, a value of its own result files ``X*.json`` / ``X*.txt``, nor
@@ -95,34 +96,38 @@ EVERYWHERE = {
 
 LISTED = {
     "README.md": {
-        "the papers cited (year) and their claims": [
-            "et al., 2021",
-            "NeurIPS 2021",
-            '"75% fewer"',
-            "(paper: ~30%)",
-        ],
-        "Python version (.python-version)": ["pyenv's 3.10.13"],
-        "toy data (datasets/README.md: pole width, seed, high-resolution size)": [
+        "the papers cited (year)": ["et al., 2021", "NeurIPS 2021"],
+        "toy data (datasets/README.md: pole width) and the quickstart's seed (configs/Toy)": [
             "1–3 px thin poles",
             "seed 42",
-            "256 x 512, 1-px thin",
         ],
-        "toy_accuracy.py settings (number of seeds) and the meaning of an interval": [
-            "over 5 seeds",
-            "PQ things is 0",
-            "the interval excludes 0",
-        ],
+        "what a metric of 0 means": ["PQ things is 0"],
+    },
+    "INSTALL.md": {
+        "Python version (.python-version)": ["pyenv's 3.10.13"],
+    },
+    "GETTING_STARTED.md": {
         "the layout of a multi-machine launch": ["machine with 8 GPUs"],
-        "tolerances the tests assert": ["equal to 1e-6", "within 1e-3", "within 1e-5"],
+        "tolerances the tests assert": ["equal to 1e-6", "within 1e-3"],
         "input format and ONNX opset (export)": ["raw 0-255 pixels", "opset 17"],
-        "test cases (reliability tests)": [
+        "defaults of config keys": ["(0, the default"],
+    },
+    "MODEL_ZOO.md": {
+        "the checkpoint naming scheme": ["first 6 hex digits"],
+        "the papers' claims": ['"75% fewer"', "(paper: ~30%)"],
+        "the meaning of an interval": ["the interval excludes 0"],
+    },
+    "docs/RELIABILITY.md": {
+        "process exit statuses": ["with status 2", "with status 1"],
+        "tolerances the tests assert": ["within 1e-5"],
+        "test cases (tests/engine)": [
             "run with 0 workers",
             "run with 2)",
             "a 20 x 24 image",
-            "a 32 x 600 image",
+            "32 x 600 image",
+            "--num-gpus 2",
         ],
-        "defaults of config keys": ["(0, the default", "(default 0.05)", "(default 100)"],
-        "the DeepLab stem widths (config)": ["DeepLab stem 64/64/128"],
+        "defaults of config keys": ["(default 0.05)", "(default 100)"],
     },
     "docs/NRD.md": {
         "the paper (venue, section, the authors' commits) and its reported results": [
@@ -344,8 +349,5 @@ LISTED = {
     },
     "benchmarks/results/panoptic_eval.md": {
         "COCO's image size (for comparison)": ["about 480 x 580"],
-    },
-    "MODEL_ZOO.md": {
-        "the checkpoint naming scheme": ["first 6 hex digits"],
     },
 }

@@ -19,6 +19,8 @@ from conftest import ROOT, TOY_OPTS, run_train_net
 from nrd_rsp.engine import load_model_for_eval, setup_cfg
 from nrd_rsp.export import PANOPTIC_OUTPUTS, ExportedModel, panoptic_tracing_adapter
 
+pytestmark = pytest.mark.slow
+
 CONFIG = os.path.join(ROOT, "configs", "Toy", "rsp_panoptic_fpn_R_18_toy.yaml")
 NRD_CONFIG = os.path.join(ROOT, "configs", "Toy", "nrd_rsp_panoptic_fpn_R_18_toy.yaml")
 OPTS = ["MODEL.DEVICE", "cpu", *TOY_OPTS]

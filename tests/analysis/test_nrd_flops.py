@@ -15,6 +15,8 @@ from fvcore.nn import parameter_count
 
 from nrd_rsp import add_nrd_rsp_config
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NRD_R50_CFG = os.path.join(ROOT, "configs/Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml")
 H, W = 1024, 2048

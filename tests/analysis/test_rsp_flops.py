@@ -14,6 +14,8 @@ from fvcore.nn import parameter_count
 
 from nrd_rsp import add_nrd_rsp_config
 
+pytestmark = pytest.mark.slow
+
 SIZE = (1024, 2048)
 RSP_R50_CFG = "configs/Cityscapes-SemanticSegmentation/rsp_R_50_FPN_90k_bs16.yaml"
 RSP_R101_CFG = "configs/Cityscapes-SemanticSegmentation/rsp_R_101_FPN_90k_bs16.yaml"

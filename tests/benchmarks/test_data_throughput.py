@@ -8,7 +8,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 

@@ -6,7 +6,10 @@ import importlib.util
 import json
 import os
 
+import pytest
 from conftest import ROOT, TOY_OPTS
+
+pytestmark = pytest.mark.slow
 
 _SPEC = importlib.util.spec_from_file_location(
     "toy_accuracy", os.path.join(ROOT, "benchmarks", "toy_accuracy.py")

@@ -7,6 +7,8 @@ import os
 import pytest
 from standin_runs import shipped_configs, train_and_check
 
+pytestmark = pytest.mark.slow
+
 CONFIGS = [
     c
     for f in ["ADE20K-SemanticSegmentation", "PascalContext-SemanticSegmentation"]

@@ -13,6 +13,8 @@ from standin_runs import (
     train_and_check,
 )
 
+pytestmark = pytest.mark.slow
+
 FOLDER = "Cityscapes-SemanticSegmentation"
 CONFIGS = shipped_configs(FOLDER)
 TTA_OPTS = [

@@ -12,6 +12,8 @@ from standin_runs import (
     train_net,
 )
 
+pytestmark = pytest.mark.slow
+
 FOLDER = "COCO-PanopticSegmentation"
 CONFIGS = shipped_configs(FOLDER)
 

@@ -17,6 +17,8 @@ from standin_runs import ConvertedWeights
 
 from nrd_rsp.engine import Trainer, setup_cfg
 
+pytestmark = pytest.mark.slow
+
 CONFIGS = (
     test_cityscapes_runs.CONFIGS + test_coco_runs.CONFIGS + test_ade20k_pascal_context_runs.CONFIGS
 )

@@ -12,7 +12,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow
 
 
 def test_decoders_learn_on_the_toy_schedule(tmp_path):

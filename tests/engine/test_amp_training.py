@@ -22,6 +22,8 @@ from run_helpers import (
 from nrd_rsp.engine import Trainer, setup_cfg
 from nrd_rsp.errors import ConfigError
 
+pytestmark = pytest.mark.slow
+
 MAX_ITER = 4
 
 

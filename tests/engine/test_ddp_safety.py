@@ -15,6 +15,8 @@ import nrd_rsp.modeling.rsp as rsp_module
 from nrd_rsp.engine import Trainer, setup_cfg
 from nrd_rsp.errors import ConfigError
 
+pytestmark = pytest.mark.slow
+
 CONFIGS = sorted(
     os.path.relpath(f, ROOT)
     for f in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)

@@ -18,6 +18,8 @@ from nrd_rsp.data.mappers import (
 )
 from nrd_rsp.engine import Trainer, setup_cfg
 
+pytestmark = pytest.mark.slow
+
 MODELS = [
     "semantic_fpn_R_18_toy",  # Semantic FPN
     "rsp_R_18_toy",  # RSP semantic

@@ -15,6 +15,8 @@ from run_helpers import ENV, ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, check_ok, 
 from nrd_rsp.engine.launch import LaunchEnv, launcher_env, resolve_dist_url
 from nrd_rsp.errors import ConfigError
 
+pytestmark = pytest.mark.slow
+
 TORCHRUN_ENV = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
 TORCHRUN_ENV.update(MASTER_ADDR="10.0.0.1", MASTER_PORT="29500")
 # srun --nodes 2 --ntasks-per-node 2, third task.

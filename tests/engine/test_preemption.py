@@ -32,6 +32,8 @@ from nrd_rsp.data.resumable_sampling import ResumableTrainingSampler
 from nrd_rsp.engine.hooks import JobLayoutHook
 from nrd_rsp.engine.preemption import PREEMPTED_EXIT_STATUS, forward_signals
 
+pytestmark = pytest.mark.slow
+
 MAX_ITER, SIGNAL_AT, EVAL_AT = 60, 20, 30
 
 

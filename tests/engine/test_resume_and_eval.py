@@ -32,6 +32,8 @@ from run_helpers import (
 
 from nrd_rsp.engine import Trainer, setup_cfg
 
+pytestmark = pytest.mark.slow
+
 MAX_ITER = 6
 
 

@@ -16,6 +16,8 @@ from nrd_rsp.data.toy.spec import ToyParams, toy_dataset_dir
 from nrd_rsp.engine import NAN_INJECTION_ENV, NonFiniteLossError, Trainer, setup_cfg
 from nrd_rsp.errors import TooManyBadSamplesError
 
+pytestmark = pytest.mark.slow
+
 
 def _trainer(out, *opts):
     cfg = setup_cfg(

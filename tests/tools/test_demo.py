@@ -16,6 +16,8 @@ from detectron2.data import DatasetCatalog
 
 from nrd_rsp.engine import setup_cfg
 
+pytestmark = pytest.mark.slow
+
 SCRIPT = os.path.join(ROOT, "demo", "demo.py")
 SEM_CFG = os.path.join(ROOT, "configs", "Toy", "semantic_fpn_R_18_toy.yaml")
 PAN_CFG = os.path.join(ROOT, "configs", "Toy", "rsp_panoptic_fpn_R_18_toy.yaml")

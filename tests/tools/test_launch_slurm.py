@@ -12,6 +12,8 @@ import pytest
 import torch
 from conftest import ROOT, TOY_OPTS
 
+pytestmark = pytest.mark.slow
+
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import launch_slurm  # noqa: E402
 

@@ -18,6 +18,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from nrd_rsp.engine import Trainer, setup_cfg
 
+pytestmark = pytest.mark.slow
+
 SCRIPT = os.path.join(ROOT, "tools", "publish_model.py")
 SEM_CFG = "configs/Toy/semantic_fpn_R_18_toy.yaml"
 

@@ -7,6 +7,8 @@ import os
 import pytest
 from conftest import TOY_OPTS, run_train_net
 
+pytestmark = pytest.mark.slow
+
 PANOPTIC_CFG = "configs/Toy/rsp_panoptic_fpn_R_18_toy.yaml"
 SEMANTIC_CFG = "configs/Toy/semantic_fpn_R_18_toy.yaml"
 
