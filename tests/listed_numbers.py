@@ -102,6 +102,7 @@ LISTED = {
             "seed 42",
         ],
         "what a metric of 0 means": ["PQ things is 0"],
+        "the license (LICENSE)": ["Apache 2.0 license"],
     },
     "INSTALL.md": {
         "Python version (.python-version)": ["pyenv's 3.10.13"],
@@ -117,6 +118,9 @@ LISTED = {
         "the papers' claims": ['"75% fewer"', "(paper: ~30%)"],
         "the meaning of an interval": ["the interval excludes 0"],
     },
+    "CONTRIBUTING.md": {
+        "the line length of the style (pyproject.toml)": ["at 100 columns"],
+    },
     "docs/RELIABILITY.md": {
         "process exit statuses": ["with status 2", "with status 1"],
         "tolerances the tests assert": ["within 1e-5"],
@@ -124,8 +128,7 @@ LISTED = {
             "run with 0 workers",
             "run with 2)",
             "a 20 x 24 image",
-            "32 x 600 image",
-            "--num-gpus 2",
+            "a 32 x 600 image",
         ],
         "defaults of config keys": ["(default 0.05)", "(default 100)"],
     },

@@ -1,7 +1,8 @@
 """Every number in the documentation comes from a committed result file, or is listed with
 what it is.
 
-Read: README.md, MODEL_ZOO.md, docs/*.md, benchmarks/README.md, datasets/README.md and
+Read: README.md, INSTALL.md, GETTING_STARTED.md, MODEL_ZOO.md, CONTRIBUTING.md, docs/*.md
+(docs/RELIABILITY.md, docs/TRAINING_AT_SCALE.md, ...), benchmarks/README.md, datasets/README.md and
 benchmarks/results/*.md (a new doc under docs/ or a new report is read as soon as it exists).
 Every number of every sentence and table cell counts, integers included; code (backticks, code
 blocks), link targets, issue references and the numbers of numbered lists are not read.
@@ -74,6 +75,9 @@ def quotes_readme():
         f"reached PQ {pq['PQ']:.1f} (things {pq['PQ_th']:.1f}, stuff {pq['PQ_st']:.1f}), "
         f"mIoU {q['sem_seg']['mIoU']:.1f} and mask AP {q['segm']['AP']:.1f}"
     )
+
+
+def quotes_getting_started():
     rows = _json("panoptic_eval.json")["rows"]
     hot, base = rows["hotcoco"], rows["panopticapi_all"]
     yield (
@@ -83,6 +87,9 @@ def quotes_readme():
     )
     images = _json("panoptic_eval.json")["settings"]["images"]
     yield f"On {images:,} COCO-scale synthetic images"
+
+
+def quotes_model_zoo():
     os8, dlv3p = _decoder_row("dlv3_r101_os8"), _decoder_row("dlv3p_r50_os16")
     rsp101, nrd50 = _decoder_row("rsp_r101"), _decoder_row("nrd_r50")
     yield (
@@ -96,9 +103,6 @@ def quotes_readme():
     aux = _costs(CS + "nrd_R_50_84k_bs16.yaml")["params"]["train_only"]
     yield f"auxiliary FCN head ({aux / 1e6:.1f} M,"
     yield from _benchmark("toy_accuracy").summary_lines(_json("toy_accuracy.json"))
-
-
-def quotes_model_zoo():
     toy = _json("toy_costs.json")["configs"]
     acc = _json("toy_accuracy.json")
     models, n = acc["models"]["default"], len(acc["settings"]["seeds"])
@@ -218,15 +222,15 @@ def quotes_rsp():
 
 
 def quotes_config_tables():
-    """README's and MODEL_ZOO.md's cost cells of the real-dataset configs (config_costs.json;
+    """MODEL_ZOO.md's cost cells of the real-dataset configs (config_costs.json;
     tests/benchmarks/test_config_costs.py checks which row holds which)."""
     for r in _json("config_costs.json")["configs"].values():
-        yield f"| {r['gflops_total']:.1f} / {r['gflops_decoder']:.1f} | {r['params_m']:.2f} |"
         yield f"| {r['gflops_total']:.1f} | {r['params_m']:.2f} | – |"
 
 
 QUOTES = {
     "README.md": quotes_readme,
+    "GETTING_STARTED.md": quotes_getting_started,
     "MODEL_ZOO.md": quotes_model_zoo,
     "docs/NRD.md": quotes_nrd,
     "docs/RSP.md": quotes_rsp,
@@ -235,7 +239,15 @@ QUOTES = {
 
 def documents():
     """Every document whose numbers are checked: new docs/*.md and result .md files included."""
-    fixed = ["README.md", "MODEL_ZOO.md", "benchmarks/README.md", "datasets/README.md"]
+    fixed = [
+        "README.md",
+        "INSTALL.md",
+        "GETTING_STARTED.md",
+        "MODEL_ZOO.md",
+        "CONTRIBUTING.md",
+        "benchmarks/README.md",
+        "datasets/README.md",
+    ]
     found = glob.glob(os.path.join(ROOT, "docs", "*.md"))
     found += glob.glob(os.path.join(RESULTS, "*.md"))
     return sorted(set(fixed) | {os.path.relpath(p, ROOT) for p in found})
@@ -301,7 +313,7 @@ def unexplained_numbers(doc, text=None):
     text = re.sub(r"(?m)^\s*\d+\. ", " ", text)  # numbered list items
     text = _normalized(text)
     quotes = list(QUOTES.get(doc, list)())
-    if doc in ("README.md", "MODEL_ZOO.md"):
+    if doc == "MODEL_ZOO.md":
         quotes += quotes_config_tables()
     for quote in quotes:
         text = text.replace(_normalized(quote), " ")
