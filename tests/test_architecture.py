@@ -1,5 +1,6 @@
-"""The package's shape (README "Layout"): no import cycle, imports only point downwards through
-the layers, no module over 450 lines, no function over 80 lines (docstring included)."""
+"""The package's shape (CONTRIBUTING.md, "Layout"): no import cycle, imports only point
+downwards through the layers, no module over 450 lines, no function over 80 lines (docstring
+included)."""
 
 import ast
 import os

@@ -1,4 +1,5 @@
-"""Safe by default (README, "Security"): no code runs from a shared weights file or config.
+"""Safe by default (docs/RELIABILITY.md, "Security"): no code runs from a shared weights file or
+config.
 
 Every path that reads weights (training initialisation, ``--resume``, ``--eval-only``, demo,
 export, the analysis tools, ``model_zoo.get``, the converters) is given a pickle whose payload
