@@ -122,7 +122,8 @@ def test_get_trained_loads_the_published_weights(tmp_path, monkeypatch):
 
 
 def test_get_trained_loads_strictly(tmp_path, monkeypatch):
-    # A published checkpoint must hold every model tensor with its shape (README "Checked weights").
+    # A published checkpoint must hold every model tensor with its shape (docs/RELIABILITY.md,
+    # "Checked weights").
     src = model_zoo.get(
         "Toy/semantic_fpn_R_18_toy.yaml", opts=[*TOY_OPTS, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "6"]
     )

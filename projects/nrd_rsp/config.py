@@ -169,7 +169,7 @@ def _add_solver_and_test_config(cfg):
 
 def _add_reliability_config(cfg):
     """Fault tolerance (nrd_rsp.data.resumable_loader, nrd_rsp.checkpoint, nrd_rsp.engine);
-    README "Reliability"."""
+    docs/RELIABILITY.md."""
     # Unreadable/corrupt training samples are skipped with a warning; training stops once more
     # than this fraction of the samples loaded so far were skipped ...
     cfg.DATALOADER.MAX_SKIPPED_FRACTION = 0.05
@@ -190,7 +190,7 @@ def _add_reliability_config(cfg):
 
 def _add_precision_config(cfg):
     """Mixed precision and determinism (nrd_rsp.engine.precision, nrd_rsp.engine.determinism);
-    README "Mixed precision and determinism"."""
+    GETTING_STARTED.md, "Mixed precision and determinism"."""
     # Autocast dtype of SOLVER.AMP.ENABLED: "float16" (with a GradScaler, dynamic loss scale) or
     # "bfloat16" (no scaler needed). On CPU, float16 becomes bfloat16 (one log line).
     cfg.SOLVER.AMP.PRECISION = "float16"

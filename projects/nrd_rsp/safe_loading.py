@@ -1,4 +1,5 @@
-"""Reading files that other people wrote without running their code (README, "Security").
+"""Reading files that other people wrote without running their code
+(docs/RELIABILITY.md, "Security").
 
 * **Weights.** :func:`load_pickled_weights` reads a Detectron2 ``.pkl`` with a ``pickle``
   unpickler that resolves only the globals a weights file needs (:data:`ALLOWED_GLOBALS`: numpy

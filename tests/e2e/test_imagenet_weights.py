@@ -1,7 +1,7 @@
-"""The README's no-network route to ImageNet weights: a torchvision ResNet, converted with
-tools/convert-torchvision-to-d2.py, fills the whole ResNet of every shipped real config. (A
-randomly initialised torchvision ResNet stands in for the ImageNet one; the key layout is the
-same.)"""
+"""The no-network route to ImageNet weights (GETTING_STARTED.md, "ImageNet weights"): a
+torchvision ResNet, converted with tools/convert-torchvision-to-d2.py, fills the whole ResNet of
+every shipped real config. (A randomly initialised torchvision ResNet stands in for the ImageNet
+one; the key layout is the same.)"""
 
 import os
 import pickle

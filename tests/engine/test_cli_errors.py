@@ -127,6 +127,7 @@ def test_train_net_weights_url_unreachable(capsys, tmp_path, monkeypatch):
         f"Cannot fetch MODEL.WEIGHTS '{url}'",
         "tools/convert-torchvision-to-d2.py",
         "MODEL.WEIGHTS /path/to/file.pkl",
+        '(GETTING_STARTED.md, "ImageNet weights")',
     )
     assert "URLError" in line
 

@@ -158,8 +158,8 @@ def _frozen_bn_backbone(cfg):
 
 WEIGHTS_ROUTES = (
     "download it on a machine with internet and pass MODEL.WEIGHTS /path/to/file.pkl, or convert "
-    "torchvision ImageNet weights with `python tools/convert-torchvision-to-d2.py` (README, "
-    '"Training on the real datasets")'
+    "torchvision ImageNet weights with `python tools/convert-torchvision-to-d2.py` "
+    '(GETTING_STARTED.md, "ImageNet weights")'
 )
 
 

@@ -6,7 +6,8 @@ of a training process.
 asks PyTorch for deterministic kernels (``torch.use_deterministic_algorithms(True,
 warn_only=True)``), sets ``cudnn.deterministic``, turns cuDNN autotuning off and sets
 ``CUBLAS_WORKSPACE_CONFIG`` (cuBLAS needs it for deterministic results), then logs what stays
-nondeterministic. README "Mixed precision and determinism" says what is bit-exact where.
+nondeterministic. GETTING_STARTED.md, "Mixed precision and determinism", says what is
+bit-exact where.
 """
 
 import logging

@@ -1,6 +1,6 @@
 """The ``Trainer``, evaluation and loading a model for evaluation.
 
-Reliability (README "Reliability"): the ``Trainer`` saves checkpoints atomically and resumes with
+Reliability (docs/RELIABILITY.md): the ``Trainer`` saves checkpoints atomically and resumes with
 a fallback over corrupt ones (``nrd_rsp.checkpoint``), streams training samples as a pure
 function of (seed, position) and skips bad ones (the resumable loader of ``nrd_rsp.data``),
 reseeds the model's RNGs from (seed, iteration, rank) before every step, logs the raw losses to
