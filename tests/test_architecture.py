@@ -11,8 +11,8 @@ from conftest import ROOT
 PACKAGE = os.path.join(ROOT, "projects", "nrd_rsp")
 # Layers from the bottom; a module may import only from its own layer or the ones below.
 LAYERS = [
-    {"errors", "config", "training_health", "safe_loading"},
-    {"data", "modeling", "checkpoint", "evaluation", "panoptic_evaluation", "solver"},
+    {"errors", "config", "training_health", "safe_loading", "atomic_io"},
+    {"data", "modeling", "checkpoint", "converters", "evaluation", "panoptic_evaluation", "solver"},
     {"engine", "predictor", "model_zoo", "analysis", "export"},
 ]
 

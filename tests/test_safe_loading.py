@@ -29,7 +29,8 @@ import torch
 from run_helpers import ROOT, SEMANTIC_CFG, SMALL_SEMANTIC_OPTS, run
 
 from nrd_rsp import model_zoo, safe_loading
-from nrd_rsp.checkpoint import load_weights, write_d2_weights
+from nrd_rsp.checkpoint import load_weights
+from nrd_rsp.converters import write_d2_weights
 from nrd_rsp.engine import Trainer, setup_cfg
 from nrd_rsp.errors import (
     UnsafeCheckpointError,

@@ -29,7 +29,7 @@ from collections import OrderedDict
 
 import torch
 
-from nrd_rsp.checkpoint import check_d2_weights_path, torch_load_tensors, write_d2_weights
+from nrd_rsp.converters import check_d2_weights_path, torch_load_tensors, write_d2_weights
 from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
 
 # Blocks per stage (layer1..layer4) -> depth; Detectron2's deep-stem ResNet has these three only.

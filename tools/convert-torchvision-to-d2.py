@@ -26,7 +26,7 @@ from collections import Counter, OrderedDict
 
 import torch
 
-from nrd_rsp.checkpoint import check_d2_weights_path, torch_load_tensors, write_d2_weights
+from nrd_rsp.converters import check_d2_weights_path, torch_load_tensors, write_d2_weights
 from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
 
 # torchvision ResNet depth -> blocks per stage (layer1..layer4), block type.

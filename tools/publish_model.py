@@ -26,7 +26,7 @@ import tempfile
 
 import torch
 
-from nrd_rsp.checkpoint import torch_load_tensors
+from nrd_rsp.converters import torch_load_tensors
 from nrd_rsp.errors import ConfigError, OneLineArgumentParser, exit_on_error
 
 _SIDECAR = "metrics.json"
