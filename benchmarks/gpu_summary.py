@@ -44,8 +44,8 @@ def _steps(out_dir):
     return steps
 
 
-def summarise(out_dir, mode):
-    """Returns the markdown of the summary (and the device and torch version it found)."""
+def _results(out_dir):
+    """The decoders' raw results by AMP (None where missing) and the training results."""
     dec = {
         amp: _load(os.path.join(out_dir, f"decoders_{amp}", "decoders.json"))
         for amp in ("fp32", "bf16")
@@ -55,6 +55,11 @@ def summarise(out_dir, mode):
         raw = _load(path)
         if raw is not None:
             trains += raw.get("results", [raw])
+    return dec, trains
+
+
+def _device(out_dir, dec, trains):
+    """(device, torch version) from the last of decoders, training and step results found."""
     device = torch_version = "unknown"
     for raw in dec.values():
         if raw:
@@ -67,15 +72,12 @@ def summarise(out_dir, mode):
         if raw:
             device, torch_version = raw["device"], raw["torch"]
             break
-    steps = _steps(out_dir)
-    total = sum(s[2] for s in steps)
-    lines = [
-        "# GPU check (`benchmarks/gpu_check.sh`)",
-        "",
-        f"* Mode: {mode}.",
-        f"* Device: {device}; torch {torch_version}.",
-        f"* Total time of the steps: {total} s.",
-    ]
+    return device, torch_version
+
+
+def _commands(dec, trains):
+    """What the decoders and training steps ran, as bullets."""
+    lines = []
     if dec["fp32"]:
         argv = " ".join(dec["fp32"]["argv"])
         lines.append(
@@ -98,6 +100,81 @@ def summarise(out_dir, mode):
             "(weights, buffers, optimizer state + the largest rise during a timed step) and "
             "the process's peak."
         )
+    return lines
+
+
+def _decoders_section(dec):
+    lines = ["", "## Decoders (inference, semantic path)", ""]
+    by_amp = {amp: {r["key"]: r for r in raw["results"]} if raw else {} for amp, raw in dec.items()}
+    keys = list(by_amp["fp32"]) + [k for k in by_amp["bf16"] if k not in by_amp["fp32"]]
+    if not keys:
+        return lines + ["No decoder results (see the steps above)."]
+    size = None
+    for raw in dec.values():
+        if raw and "--time-size" in raw["argv"]:
+            i = raw["argv"].index("--time-size")
+            size = f"{raw['argv'][i + 1]}x{raw['argv'][i + 2]}"
+    lines.append(
+        f"Input {size or 'see the commands'}; latency: median (IQR) over the rounds; "
+        "ratio: per-round latency / Semantic FPN of the same depth, median (q25-q75)."
+    )
+    lines += [
+        "",
+        "| Model | GFLOPs | fp32 latency (ms) | fp32 vs Sem. FPN | fp32 peak (MiB) "
+        "| bf16 latency (ms) | bf16 vs Sem. FPN | bf16 peak (MiB) |",
+        "|:---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for k in keys:
+        first = by_amp["fp32"].get(k) or by_amp["bf16"].get(k)
+        cells = [first["label"], _fmt(first.get("gflops_total"))]
+        for amp in ("fp32", "bf16"):
+            r = by_amp[amp].get(k)
+            if r is None:
+                cells += ["n/a"] * 3
+                continue
+            cells += [
+                f"{r['latency_ms_median']:.1f} ({r['latency_ms_iqr']:.1f})",
+                _ratio(r, "latency_ratio_vs_semfpn_"),
+                _fmt(r["peak_memory_mib"], "{:.0f}"),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _training_section(trains):
+    if not trains:
+        return []
+    lines = ["", "## One AMP training step per config (tools/benchmark.py)", ""]
+    lines += [
+        "| Config | Input (B x H x W) | Step (ms), median (IQR) | vs first of its dataset "
+        "| Own memory (MiB) | Process peak (MiB) |",
+        "|:---|:---|---:|---:|---:|---:|",
+    ]
+    for t in trains:
+        h, w = t["input_size"]
+        lines.append(
+            f"| `{t['config_file']}` | {t['batch_size']} x {h} x {w} | "
+            f"{t['latency_ms_median']:.1f} ({t['latency_ms_iqr']:.1f}) | "
+            f"{_ratio(t, 'latency_ratio_', '_vs_baseline')} | "
+            f"{t['own_memory_mib']:.0f} | {t['peak_memory_mib']:.0f} |"
+        )
+    return lines
+
+
+def summarise(out_dir, mode):
+    """Returns the markdown of the summary (and the device and torch version it found)."""
+    dec, trains = _results(out_dir)
+    device, torch_version = _device(out_dir, dec, trains)
+    steps = _steps(out_dir)
+    total = sum(s[2] for s in steps)
+    lines = [
+        "# GPU check (`benchmarks/gpu_check.sh`)",
+        "",
+        f"* Mode: {mode}.",
+        f"* Device: {device}; torch {torch_version}.",
+        f"* Total time of the steps: {total} s.",
+    ]
+    lines += _commands(dec, trains)
     lines += [
         "",
         "## Steps",
@@ -107,59 +184,7 @@ def summarise(out_dir, mode):
     ]
     lines += [f"| {n} | {rc} | {s} | `{c}` |" for n, rc, s, c in steps]
     lines += _check_sections(out_dir)
-
-    lines += ["", "## Decoders (inference, semantic path)", ""]
-    by_amp = {amp: {r["key"]: r for r in raw["results"]} if raw else {} for amp, raw in dec.items()}
-    keys = list(by_amp["fp32"]) + [k for k in by_amp["bf16"] if k not in by_amp["fp32"]]
-    if keys:
-        size = None
-        for raw in dec.values():
-            if raw and "--time-size" in raw["argv"]:
-                i = raw["argv"].index("--time-size")
-                size = f"{raw['argv'][i + 1]}x{raw['argv'][i + 2]}"
-        lines.append(
-            f"Input {size or 'see the commands'}; latency: median (IQR) over the rounds; "
-            "ratio: per-round latency / Semantic FPN of the same depth, median (q25-q75)."
-        )
-        lines += [
-            "",
-            "| Model | GFLOPs | fp32 latency (ms) | fp32 vs Sem. FPN | fp32 peak (MiB) "
-            "| bf16 latency (ms) | bf16 vs Sem. FPN | bf16 peak (MiB) |",
-            "|:---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for k in keys:
-            cells = []
-            first = by_amp["fp32"].get(k) or by_amp["bf16"].get(k)
-            cells += [first["label"], _fmt(first.get("gflops_total"))]
-            for amp in ("fp32", "bf16"):
-                r = by_amp[amp].get(k)
-                if r is None:
-                    cells += ["n/a"] * 3
-                    continue
-                cells += [
-                    f"{r['latency_ms_median']:.1f} ({r['latency_ms_iqr']:.1f})",
-                    _ratio(r, "latency_ratio_vs_semfpn_"),
-                    _fmt(r["peak_memory_mib"], "{:.0f}"),
-                ]
-            lines.append("| " + " | ".join(cells) + " |")
-    else:
-        lines.append("No decoder results (see the steps above).")
-
-    if trains:
-        lines += ["", "## One AMP training step per config (tools/benchmark.py)", ""]
-        lines += [
-            "| Config | Input (B x H x W) | Step (ms), median (IQR) | vs first of its dataset "
-            "| Own memory (MiB) | Process peak (MiB) |",
-            "|:---|:---|---:|---:|---:|---:|",
-        ]
-        for t in trains:
-            h, w = t["input_size"]
-            lines.append(
-                f"| `{t['config_file']}` | {t['batch_size']} x {h} x {w} | "
-                f"{t['latency_ms_median']:.1f} ({t['latency_ms_iqr']:.1f}) | "
-                f"{_ratio(t, 'latency_ratio_', '_vs_baseline')} | "
-                f"{t['own_memory_mib']:.0f} | {t['peak_memory_mib']:.0f} |"
-            )
+    lines += _decoders_section(dec) + _training_section(trains)
     lines.append("")
     return "\n".join(lines), device, torch_version
 
