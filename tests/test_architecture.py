@@ -101,9 +101,10 @@ def test_no_import_cycle(graph):
             visit(m, [])
 
 
-def test_module_and_function_sizes():
+def _too_long(modules):
+    """(modules over 450 lines, functions over 80 lines) of ``{name: path}``."""
     long_modules, long_functions = [], []
-    for name, path in _modules().items():
+    for name, path in modules.items():
         with open(path) as f:
             text = f.read()
         if text.count("\n") > 450:
@@ -113,5 +114,23 @@ def test_module_and_function_sizes():
                 start = min([node.lineno] + [d.lineno for d in node.decorator_list])
                 if node.end_lineno - start + 1 > 80:
                     long_functions.append((name, node.name, node.end_lineno - start + 1))
+    return long_modules, long_functions
+
+
+def test_module_and_function_sizes():
+    long_modules, long_functions = _too_long(_modules())
+    assert not long_modules, long_modules
+    assert not long_functions, long_functions
+
+
+@pytest.mark.parametrize("folder", ["tools", "benchmarks"])
+def test_script_sizes(folder):
+    """The same limits for the scripts of tools/ and benchmarks/ (and their helper modules)."""
+    d = os.path.join(ROOT, folder)
+    scripts = {
+        f"{folder}/{f}": os.path.join(d, f) for f in sorted(os.listdir(d)) if f.endswith(".py")
+    }
+    assert scripts
+    long_modules, long_functions = _too_long(scripts)
     assert not long_modules, long_modules
     assert not long_functions, long_functions
