@@ -81,3 +81,24 @@ def test_docs_say_what_is_not_how_it_came_to_be():
     )
     found = {doc: history.findall(_read(doc)) for doc in docs}
     assert not {doc: words for doc, words in found.items() if words}
+
+
+def _anchors(doc):
+    """GitHub's anchors of the headings of ``doc``."""
+    headings = re.findall(r"(?m)^#+\s+(.+?)\s*$", _read(doc))
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def test_links_to_sections_resolve():
+    docs = ["README.md", "INSTALL.md", "GETTING_STARTED.md", "MODEL_ZOO.md", "CONTRIBUTING.md"]
+    docs += [os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md"))]
+    docs += ["benchmarks/README.md", "datasets/README.md"]
+    broken = []
+    for doc in docs:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", _read(doc)):
+            if target.startswith("http"):
+                continue
+            path = os.path.normpath(os.path.join(os.path.dirname(doc), target)) if target else doc
+            if anchor not in _anchors(path):
+                broken.append((doc, f"{target}#{anchor}"))
+    assert not broken
