@@ -41,9 +41,17 @@ __all__ = [
 
 
 class NrdRspError(Exception):
-    """Base of the project's errors; ``exit_status`` is what a command line exits with."""
+    """Base of the project's errors; ``exit_status`` is what a command line exits with.
+
+    ``all_ranks`` (keyword-only): the error is raised alike on every rank of a multi-process
+    run, at the same point (so only the main process needs to print it)."""
 
     exit_status = 1
+    all_ranks: bool = False
+
+    def __init__(self, *args, all_ranks: bool = False):
+        super().__init__(*args)
+        self.all_ranks = bool(all_ranks)
 
 
 class UserError(NrdRspError):
@@ -53,11 +61,9 @@ class UserError(NrdRspError):
 
 
 class RunError(NrdRspError):
-    """A fault during a run; exit status 1. ``all_ranks``: raised alike on every rank of a
-    multi-process run (so only the main process needs to print it)."""
+    """A fault during a run; exit status 1."""
 
     exit_status = 1
-    all_ranks = False
 
 
 class ConfigError(UserError, ValueError):

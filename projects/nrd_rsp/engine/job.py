@@ -73,7 +73,7 @@ def rank_main(main_func: Callable, args, signals: Sequence[str]):
         result = main_func(args)
     except Exception as e:
         status = exit_code(e)
-        same_on_all_ranks = isinstance(e, UserError) or getattr(e, "all_ranks", False)
+        same_on_all_ranks = isinstance(e, UserError) or (isinstance(e, NrdRspError) and e.all_ranks)
         if not same_on_all_ranks:
             name = "" if isinstance(e, NrdRspError) else f"{type(e).__name__}: "
             watch.announce(name + one_line(e), status)

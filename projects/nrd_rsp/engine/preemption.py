@@ -53,11 +53,11 @@ class Preempted(RunError):
     """Training stopped on a preemption signal after saving ``iteration``."""
 
     exit_status = PREEMPTED_EXIT_STATUS
-    all_ranks = True
 
     def __init__(self, iteration: int, checkpoint: str = ""):
         where = f" (saved {checkpoint})" if checkpoint else ""
-        super().__init__(f"preempted at iteration {iteration}; rerun with --resume{where}")
+        message = f"preempted at iteration {iteration}; rerun with --resume{where}"
+        super().__init__(message, all_ranks=True)  # every rank stops after the same iteration
         self.iteration = iteration
 
 

@@ -16,7 +16,7 @@ With ``SOLVER.AMP.ENABLED`` the inner trainer is :class:`GuardedAMPTrainer`, aut
 """
 
 import logging
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -32,8 +32,15 @@ __all__ = ["GuardedSimpleTrainer", "GuardedAMPTrainer", "build_guarded_trainer"]
 
 logger = logging.getLogger("nrd_rsp")
 
-# One rank's findings: (non-finite terms, fatal data error, skipped, seen, {term: value}).
-_Report = Tuple[List[str], Optional[str], int, int, Dict[str, float]]
+
+class _Report(NamedTuple):
+    """One rank's findings at a step, all-gathered by the guard."""
+
+    non_finite: List[str]  # "term=value" of the non-finite loss terms (when checked)
+    data_error: Optional[str]  # the loader's fatal error (``TrainingHealth.fatal_error``)
+    skipped: int  # samples this rank's loader skipped, and loaded, so far
+    seen: int
+    losses: Dict[str, float]  # {term: value}
 
 
 class _GuardedStepMixin:
@@ -96,14 +103,19 @@ class _GuardedStepMixin:
         values = dict(zip(loss_dict.keys(), terms))
         bad = [f"{k}={v}" for k, v in values.items() if not np.isfinite(v)]
         h = self.health
-        return (bad if self.check_finite else [], h.fatal_error, h.num_skipped, h.num_seen, values)
+        return _Report(
+            non_finite=bad if self.check_finite else [],
+            data_error=h.fatal_error,
+            skipped=h.num_skipped,
+            seen=h.num_seen,
+            losses=values,
+        )
 
     def _guard_step(self, loss_dict, iteration: int) -> None:
         report = self._local_report(loss_dict)
         reports = comm.all_gather(report) if comm.get_world_size() > 1 else [report]
-        values = report[4]
-        mean = {k: float(np.mean([r[4][k] for r in reports])) for k in values}
-        self.health.skip_totals = (sum(r[2] for r in reports), sum(r[3] for r in reports))
+        mean = {k: float(np.mean([r.losses[k] for r in reports])) for k in report.losses}
+        self.health.skip_totals = (sum(r.skipped for r in reports), sum(r.seen for r in reports))
         self.health.last_losses = {
             "iteration": int(iteration),
             "total_loss": float(sum(mean.values())),
@@ -116,27 +128,24 @@ def _raise_on_findings(reports: List[_Report], iteration: int) -> None:
     """Raise, identically on every rank, the first fatal data error, else the non-finite terms
     of every rank."""
     ranked = len(reports) > 1
-    data_errors = [(rank, r[1]) for rank, r in enumerate(reports) if r[1]]
+    data_errors = [(rank, r.data_error) for rank, r in enumerate(reports) if r.data_error]
     if data_errors:
         rank, msg = data_errors[0]
-        e = TooManyBadSamplesError(
-            f"Iteration {iteration}{f' (rank {rank})' if ranked else ''}: {msg}"
+        raise TooManyBadSamplesError(
+            f"Iteration {iteration}{f' (rank {rank})' if ranked else ''}: {msg}", all_ranks=True
         )
-        e.all_ranks = True  # raised identically on every rank
-        raise e
-    bad_by_rank = [(rank, r[0]) for rank, r in enumerate(reports) if r[0]]
+    bad_by_rank = [(rank, r.non_finite) for rank, r in enumerate(reports) if r.non_finite]
     if bad_by_rank:
         where = "; ".join(
             (f"rank {rank}: " if ranked else "") + ", ".join(terms) for rank, terms in bad_by_rank
         )
-        e = NonFiniteLossError(
+        raise NonFiniteLossError(
             f"Non-finite loss at iteration {iteration}: {where}. Training stopped before the "
             "optimizer step, so the weights (and the last checkpoint) are not affected. Lower "
             "SOLVER.BASE_LR, increase SOLVER.WARMUP_ITERS or enable SOLVER.CLIP_GRADIENTS, then "
-            "--resume."
+            "--resume.",
+            all_ranks=True,
         )
-        e.all_ranks = True
-        raise e
 
 
 class GuardedSimpleTrainer(_GuardedStepMixin, SimpleTrainer):
