@@ -2,6 +2,8 @@
 CPU-only (the ``cuda``-marked tests excepted: ``pytest -m cuda`` runs them on a GPU), and helpers
 to run ``train_net.py`` as a user would."""
 
+import functools
+import importlib.util
 import os
 import subprocess
 import sys
@@ -10,6 +12,19 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_OPTS = ["DATASETS.TOY.NUM_TRAIN", "16", "DATASETS.TOY.NUM_VAL", "6"]
+
+
+@functools.cache
+def load_script(path):
+    """The repository script at ``path`` (relative to the root, e.g. ``"tools/export_model.py"``)
+    imported as a module, once per process. It is entered in ``sys.modules`` under its file name,
+    so that multiprocessing can pickle its functions."""
+    name = os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_configure(config):

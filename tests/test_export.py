@@ -3,7 +3,6 @@ logits as the eager model (max |diff| <= 1e-3, fp32), also on an input they were
 the CLI writes a working model.onnx + export_info.json and refuses what it cannot export."""
 
 import copy
-import importlib.util
 import json
 import os
 
@@ -11,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import ROOT, TOY_OPTS
+from conftest import ROOT, TOY_OPTS, load_script
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
@@ -29,16 +28,7 @@ CASES = {
 }
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "export_model", os.path.join(ROOT, "tools", "export_model.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-export_model = _load_tool()
+export_model = load_script("tools/export_model.py")
 
 
 def _eager(model, image):

@@ -1,6 +1,5 @@
 """Real-dataset registration (PASCAL Context), dataset path checks and the preparation scripts."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -9,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, load_script
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
@@ -21,20 +21,11 @@ from nrd_rsp.data.datasets.register_pascal_context import (
 from nrd_rsp.data.toy import ensure_toy_dataset
 from nrd_rsp.data.toy.spec import ToyParams, toy_split_paths
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = os.path.join(ROOT, "datasets")
 
 
 def _script(name):
     return os.path.join(SCRIPTS, name)
-
-
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name[:-3], _script(name))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name[:-3]] = module  # so that multiprocessing can pickle its functions
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(args, env=None, cwd=ROOT, timeout=300):
@@ -81,7 +72,7 @@ def test_pascal_context_registered():
             )
             assert m.image_root.endswith(os.path.join("pascal_context", "images", split))
     # the preparation script writes labels in the same class order
-    script = _load_script("prepare_pascal_context.py")
+    script = load_script("datasets/prepare_pascal_context.py")
     assert [name for _, name in script.PASCAL_CONTEXT_59] == PASCAL_CONTEXT_59_CLASSES
 
 
@@ -272,7 +263,7 @@ def test_prepare_panoptic_fpn_converts_coco_tree(tmp_path):
     shutil.copy(p["panoptic_json"], coco / "annotations" / "panoptic_val2017.json")
     shutil.copytree(p["panoptic_root"], coco / "panoptic_val2017")
     # in-process (the script's CLI is exercised by test_prepare_scripts_missing_input)
-    script = _load_script("prepare_panoptic_fpn.py")
+    script = load_script("datasets/prepare_panoptic_fpn.py")
     assert script.main(["--root", str(tmp_path), "--splits", "val2017", "--workers", "2"]) == 0
     out_dir = coco / "panoptic_stuff_val2017"
     assert (

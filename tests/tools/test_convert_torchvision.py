@@ -3,7 +3,6 @@ no download) become Detectron2 .pkl files that fill every tensor of the ResNet b
 R-50 FPN (Cityscapes RSP) and R-18 FPN (toy) configs through DetectionCheckpointer's matching
 heuristics, with the values of the torchvision tensors they came from."""
 
-import importlib.util
 import os
 import pickle
 import shlex
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import ROOT, TOY_OPTS
+from conftest import ROOT, TOY_OPTS, load_script
 from detectron2.checkpoint import DetectionCheckpointer
 
 from nrd_rsp.engine import ConfigError, Trainer, setup_cfg
@@ -22,14 +21,7 @@ from nrd_rsp.engine import ConfigError, Trainer, setup_cfg
 SCRIPT = os.path.join(ROOT, "tools", "convert-torchvision-to-d2.py")
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("convert_torchvision_to_d2", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-convert = _load_tool()
+convert = load_script("tools/convert-torchvision-to-d2.py")
 
 
 def _random_torchvision_state(arch, seed=0):

@@ -2,7 +2,6 @@
 download) become Detectron2 .pkl files whose every backbone key maps and which fill every tensor
 of the ResNetV1c backbone of the NRD configs, with the values they came from."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,24 +10,17 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, load_script
 from detectron2.checkpoint import DetectionCheckpointer
 
 from nrd_rsp.engine import ConfigError, Trainer, setup_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "tools", "convert-mmcls-v1c-to-d2.py")
 CS = os.path.join(ROOT, "configs", "Cityscapes-SemanticSegmentation")
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("convert_mmcls_v1c_to_d2", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-convert = _load_tool()
+convert = load_script("tools/convert-mmcls-v1c-to-d2.py")
 
 
 def random_v1c_state(depth=50, stem=64, seed=0):

@@ -2,7 +2,6 @@
 randomly initialised model on toy images (globs, several inputs) and on a small video, and
 answers bad inputs with one line and exit status 2."""
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -11,7 +10,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from conftest import ROOT, TOY_OPTS
+from conftest import ROOT, TOY_OPTS, load_script
 from detectron2.data import DatasetCatalog
 
 from nrd_rsp.engine import setup_cfg
@@ -28,13 +27,6 @@ def _run(args, timeout=600):
     return subprocess.run(
         [sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout
     )
-
-
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("nrd_rsp_demo", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +106,7 @@ def test_panoptic_demo_on_video(toy_images, tmp_path):
 
 
 def test_inputs_and_overrides_are_split():
-    demo = _load_demo()
+    demo = load_script("demo/demo.py")
     inputs, opts = demo.split_inputs_and_opts(
         ["a.png", "b*.jpg", "MODEL.WEIGHTS", "w.pth"], ["SEED", "1"]
     )
@@ -133,7 +125,7 @@ def test_inputs_and_overrides_are_split():
     ],
 )
 def test_bad_inputs_one_line_exit_2(args, message, capsys, tmp_path):
-    demo = _load_demo()
+    demo = load_script("demo/demo.py")
     with pytest.raises(SystemExit) as e:
         demo.main(["--config-file", SEM_CFG, *args, "--output", str(tmp_path / "o"), *OPTS])
     assert e.value.code == 2

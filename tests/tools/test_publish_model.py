@@ -4,7 +4,6 @@ fresh process (train_net.py --eval-only), and evaluates to exactly the metrics m
 publishing."""
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -13,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, TOY_OPTS, run_train_net
+from conftest import ROOT, TOY_OPTS, load_script, run_train_net
 from detectron2.checkpoint import DetectionCheckpointer
 
 from nrd_rsp.engine import Trainer, setup_cfg
@@ -24,14 +23,7 @@ SCRIPT = os.path.join(ROOT, "tools", "publish_model.py")
 SEM_CFG = "configs/Toy/semantic_fpn_R_18_toy.yaml"
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("publish_model", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-publish_model = _load_tool()
+publish_model = load_script("tools/publish_model.py")
 
 
 def _sha256(path):
