@@ -165,8 +165,8 @@ class ResumableTrainLoader:
     skipped file, counts ``num_seen`` / ``num_skipped`` in :attr:`health` and sets
     ``health.fatal_error`` (instead of raising, so that all ranks can stop together) once the
     skipped fraction exceeds ``max_skipped_fraction`` after ``min_samples`` samples.
-    ``configure(start_iter=, seed=, health=)`` must be called before iterating to resume the
-    stream and to count into the trainer's record.
+    The stream starts where its sampler starts, with the seed it was built with
+    (:func:`build_resumable_train_loader`); :meth:`configure` moves it.
     """
 
     def __init__(
@@ -178,6 +178,7 @@ class ResumableTrainLoader:
         batch_size_total: int,
         max_skipped_fraction: float,
         min_samples: int,
+        health: Optional[TrainingHealth] = None,
     ):
         self._build_loader = build_loader
         self.sampler = sampler
@@ -186,7 +187,7 @@ class ResumableTrainLoader:
         self.max_skipped_fraction = max_skipped_fraction
         self.min_samples = min_samples
         self.skipped_files: dict = {}  # file -> reason (first)
-        self.health = TrainingHealth()  # the loader's own until configure() gets the trainer's
+        self.health = health if health is not None else TrainingHealth()  # e.g. the trainer's
 
     @property
     def num_seen(self) -> int:
@@ -206,10 +207,10 @@ class ResumableTrainLoader:
     def configure(
         self, *, start_iter: int, seed: int, health: Optional[TrainingHealth] = None
     ) -> None:
-        """Start the stream at iteration ``start_iter`` (position ``start_iter * batch``, or batch
-        ``start_iter`` of a grouped sampler) with ``seed``. Takes effect at the next ``iter()``.
-        ``health``: the record to count into from now on (the trainer's, shared with its step
-        guard and hooks); None keeps the loader's current one."""
+        """Restart the stream at iteration ``start_iter`` (position ``start_iter * batch``, or
+        batch ``start_iter`` of a grouped sampler) with ``seed``. Takes effect at the next
+        ``iter()``. ``health``: the record to count into from now on; None keeps the current
+        one."""
         if isinstance(self.sampler, GroupedResumableSampler):
             self.sampler.start_iter = int(start_iter)
         else:
@@ -246,11 +247,14 @@ class ResumableTrainLoader:
             yield [self._record(s) for s in batch]
 
 
-def _build_sampler(cfg, mapper, dataset: list, seed: int) -> ResumableTrainingSampler:
-    """The position stream for ``DATALOADER.SAMPLER_TRAIN`` (``TrainingSampler`` re-implemented
-    position-addressable; the other samplers' seeded index streams used as they are)."""
+def _build_sampler(
+    cfg, mapper, dataset: list, seed: int, start_position: int
+) -> ResumableTrainingSampler:
+    """The position stream for ``DATALOADER.SAMPLER_TRAIN`` from ``start_position``
+    (``TrainingSampler`` re-implemented position-addressable; the other samplers' seeded index
+    streams used as they are)."""
     if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
-        return ResumableTrainingSampler(size=len(dataset), seed=seed)
+        return ResumableTrainingSampler(size=len(dataset), seed=seed, start_position=start_position)
     d2_sampler = _train_loader_from_config(cfg, mapper, dataset=dataset)["sampler"]
     if not hasattr(d2_sampler, "_infinite_indices"):
         raise ValueError(
@@ -258,7 +262,10 @@ def _build_sampler(cfg, mapper, dataset: list, seed: int) -> ResumableTrainingSa
         )
     logger.info(f"Resumable stream over the index stream of {type(d2_sampler).__name__}")
     return ResumableTrainingSampler(
-        size=len(dataset), seed=seed, index_stream=d2_sampler._infinite_indices
+        size=len(dataset),
+        seed=seed,
+        index_stream=d2_sampler._infinite_indices,
+        start_position=start_position,
     )
 
 
@@ -268,8 +275,13 @@ def build_resumable_train_loader(
     dataset: Optional[list] = None,
     seed: Optional[int] = None,
     worker_ignores: Sequence[int] = (),
+    *,
+    start_iter: int = 0,
+    health: Optional[TrainingHealth] = None,
 ) -> ResumableTrainLoader:
-    """The training loader of ``cfg`` as a :class:`ResumableTrainLoader`.
+    """The training loader of ``cfg`` as a :class:`ResumableTrainLoader`, seeded with ``seed``
+    (None: ``SEED``, or one drawn and shared by all ranks), starting at iteration ``start_iter``
+    and counting into ``health`` (None: a record of its own).
 
     Uses Detectron2's dataset building, sampler choice (``DATALOADER.SAMPLER_TRAIN``) and
     ``build_batch_data_loader``. ``DATALOADER.ASPECT_RATIO_GROUPING`` groups in the sampler
@@ -288,12 +300,16 @@ def build_resumable_train_loader(
             min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if keypoints else 0,
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
-    sampler = _build_sampler(cfg, mapper, dataset, seed)
     grouping = cfg.DATALOADER.ASPECT_RATIO_GROUPING
     group_ids = orientation_groups(dataset) if grouping else None
-    if grouping and cfg.DATALOADER.DETERMINISTIC:
+    grouped = grouping and cfg.DATALOADER.DETERMINISTIC  # the grouped sampler skips batches
+    start_position = 0 if grouped else start_iter * cfg.SOLVER.IMS_PER_BATCH
+    sampler = _build_sampler(cfg, mapper, dataset, seed, start_position)
+    if grouped:
         batch_size = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
-        sampler = GroupedResumableSampler(base=sampler, group_ids=group_ids, batch_size=batch_size)
+        sampler = GroupedResumableSampler(
+            base=sampler, group_ids=group_ids, batch_size=batch_size, start_iter=start_iter
+        )
     mapped = ResumableMapDataset(
         dataset=DatasetFromList(dataset, copy=False),
         mapper=mapper,
@@ -323,4 +339,5 @@ def build_resumable_train_loader(
         batch_size_total=cfg.SOLVER.IMS_PER_BATCH,
         max_skipped_fraction=cfg.DATALOADER.MAX_SKIPPED_FRACTION,
         min_samples=cfg.DATALOADER.SKIP_CHECK_MIN_SAMPLES,
+        health=health,
     )

@@ -12,7 +12,12 @@ from detectron2.utils import comm
 
 from ..data.resumable_loader import ResumableMapDataset
 
-__all__ = ["NAN_INJECTION_ENV", "ERROR_INJECTION_ENV", "install_nan_injection"]
+__all__ = [
+    "NAN_INJECTION_ENV",
+    "ERROR_INJECTION_ENV",
+    "install_nan_injection",
+    "install_loader_fault",
+]
 
 logger = logging.getLogger("nrd_rsp")
 
@@ -49,19 +54,35 @@ def _failing_loader(data_loader, first_position: int, rank):
         dataset.fail_from = first_position
 
 
-def _install_error_injection(model, trainer, data_loader, ims_per_batch) -> None:
+def _first_attempt() -> bool:
+    """Whether this is a job's first attempt (a torchrun elastic restart runs clean)."""
+    return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+
+
+def install_loader_fault(data_loader, ims_per_batch: int) -> None:
+    """With ``NRD_RSP_INJECT_ERROR=ITER[@RANK]:loader`` in the environment, make the mapped
+    dataset of ``data_loader`` raise from the first stream position of iteration ``ITER`` on
+    (``ims_per_batch`` positions per iteration). A no-op otherwise."""
     spec = os.environ.get(ERROR_INJECTION_ENV, "")
     if not spec:
         return
     it, rank, kind = _parse(spec)
-    logger.warning(f"{ERROR_INJECTION_ENV}={spec}: an error will be raised at iteration {it}")
-
-    # Only in a job's first attempt: a torchrun elastic restart runs clean.
-    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-    if kind == "loader":
-        if first_attempt:
-            _failing_loader(data_loader, it * ims_per_batch, rank)
+    if kind != "loader":
         return
+    logger.warning(f"{ERROR_INJECTION_ENV}={spec}: an error will be raised at iteration {it}")
+    if _first_attempt():
+        _failing_loader(data_loader, it * ims_per_batch, rank)
+
+
+def _install_error_injection(model, trainer) -> None:
+    spec = os.environ.get(ERROR_INJECTION_ENV, "")
+    if not spec:
+        return
+    it, rank, kind = _parse(spec)
+    if kind == "loader":
+        return  # install_loader_fault
+    logger.warning(f"{ERROR_INJECTION_ENV}={spec}: an error will be raised at iteration {it}")
+    first_attempt = _first_attempt()
 
     def hook(module, inputs, output):
         hit = trainer.iter == it and rank in (None, comm.get_rank())
@@ -74,11 +95,12 @@ def _install_error_injection(model, trainer, data_loader, ims_per_batch) -> None
     model.register_forward_hook(hook)
 
 
-def install_nan_injection(model, trainer, data_loader=None, ims_per_batch: int = 0) -> None:
+def install_nan_injection(model, trainer) -> None:
     """With ``NRD_RSP_INJECT_NAN_LOSS=ITER`` (or ``ITER@RANK``) in the environment, make the
-    first loss term of ``model`` NaN at ``trainer.iter == ITER`` (on rank RANK only). Install it
-    before any other forward hook that reads the losses. A no-op without the variable."""
-    _install_error_injection(model, trainer, data_loader, ims_per_batch)
+    first loss term of ``model`` NaN at ``trainer.iter == ITER`` (on rank RANK only); with
+    ``NRD_RSP_INJECT_ERROR`` (not ``:loader``), raise in the step. Install it before any other
+    forward hook that reads the losses. A no-op without the variables."""
+    _install_error_injection(model, trainer)
     spec = os.environ.get(NAN_INJECTION_ENV, "")
     if not spec:
         return

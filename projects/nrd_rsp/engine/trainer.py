@@ -36,7 +36,7 @@ from ..solver import build_lr_scheduler as build_poly_lr_scheduler
 from ..training_health import TrainingHealth
 from .config_checks import check_weights_file
 from .hooks import JobLayoutHook, LossLogHook, SkippedSamplesHook, StepSeedHook
-from .nan_injection import install_nan_injection
+from .nan_injection import install_loader_fault, install_nan_injection
 from .preemption import Preempted, PreemptionHook, parse_signals
 from .step_guard import build_guarded_trainer
 
@@ -63,34 +63,35 @@ class Trainer(DefaultTrainer):
     machinery of this package (see the module docstring).
 
     ``seed`` (``SEED``, or one drawn and shared by all ranks) is computed here once and passed to
-    the seed hook and the loader; ``health`` is the run's :class:`TrainingHealth`.
+    the seed hook; ``health`` is the run's :class:`TrainingHealth`. The training loader is built
+    once the run's start is known (:meth:`resume_or_load`, else :meth:`train`): it gets its seed,
+    start iteration and ``health`` when it is built.
     """
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__, except that DistributedDataParallel gets no device_ids for CPU
-        # models, so that `--num-gpus N` runs N Gloo processes on a machine without GPUs, and the
-        # checkpointer, inner trainer and data loader are the fault-tolerant ones.
+        # models, so that `--num-gpus N` runs N Gloo processes on a machine without GPUs, the
+        # checkpointer and inner trainer are the fault-tolerant ones, and the data loader comes
+        # later (see the class docstring).
         TrainerBase.__init__(self)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        self.cfg = cfg
         self.seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         self.health = TrainingHealth()
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg, seed=self.seed)
-        install_nan_injection(model, weakref.proxy(self), data_loader, cfg.SOLVER.IMS_PER_BATCH)
+        install_nan_injection(model, weakref.proxy(self))
         ddp_kwargs = {"broadcast_buffers": False}
         if cfg.MODEL.DEVICE == "cpu":
             ddp_kwargs["device_ids"] = None
         model = create_ddp_model(model, **ddp_kwargs)
-        self._trainer = build_guarded_trainer(cfg, model, data_loader, optimizer, self.health)
+        self._trainer = build_guarded_trainer(cfg, model, None, optimizer, self.health)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
         self._seed_hook = StepSeedHook(self.seed)
         self.register_hooks(self.build_hooks())
-        self._configure_loader()
 
     def build_hooks(self):
         # Before Detectron2's hooks: seeding precedes every other before_step, and the losses of
@@ -108,16 +109,21 @@ class Trainer(DefaultTrainer):
         )
         return ret + super().build_hooks() + [layout, PreemptionHook(cfg.PREEMPTION.SIGNALS)]
 
-    def _configure_loader(self):
-        """Start the loader's sample stream at ``start_iter`` with ``seed``; it counts into
-        ``health``."""
-        loader = self._trainer.data_loader
-        if hasattr(loader, "configure"):
-            loader.configure(start_iter=self.start_iter, seed=self.seed, health=self.health)
+    def _build_run_loader(self):
+        """The training loader of this run, from ``start_iter`` with ``seed``, counting into
+        ``health`` (with the test-only loader fault of ``NRD_RSP_INJECT_ERROR=...:loader``)."""
+        loader = self.build_train_loader(
+            self.cfg, seed=self.seed, start_iter=self.start_iter, health=self.health
+        )
+        install_loader_fault(loader, self.cfg.SOLVER.IMS_PER_BATCH)
+        return loader
 
     def train(self):
-        """Detectron2's training loop; then the data loader's workers are shut down (they ignore
-        the preemption signals, so they must be told to stop, not terminated)."""
+        """Detectron2's training loop (from iteration 0 with a loader of its own if
+        :meth:`resume_or_load` was not called); then the data loader's workers are shut down
+        (they ignore the preemption signals, so they must be told to stop, not terminated)."""
+        if self._trainer.data_loader is None:
+            self._trainer.data_loader = self._build_run_loader()
         try:
             return super().train()
         finally:
@@ -129,15 +135,15 @@ class Trainer(DefaultTrainer):
     def resume_or_load(self, resume=True):
         """Resume from the newest readable checkpoint in ``OUTPUT_DIR`` (``SafeCheckpointer``:
         corrupt ones are reported and skipped, every model tensor must fit) if ``resume``, else
-        load ``MODEL.WEIGHTS`` (error if no tensor fits). Then restart the training sample
-        stream at the resumed iteration with the checkpoint's seed."""
+        load ``MODEL.WEIGHTS`` (error if no tensor fits). Then build the training loader, from
+        the resumed iteration with the checkpoint's seed."""
         self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if resume and self.checkpointer.resumed_from:
             # The checkpoint stores the iteration that just finished, and the seed (seed hook).
             self.start_iter = self.iter + 1
             self.seed = self._seed_hook.seed
             self._follow_max_iter()
-        self._configure_loader()
+        self._trainer.data_loader = self._build_run_loader()
 
     def _follow_max_iter(self):
         """WarmupPolyLR saves its max_iters: resuming with a larger SOLVER.MAX_ITER would take a
@@ -190,13 +196,15 @@ class Trainer(DefaultTrainer):
         return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
     @classmethod
-    def build_train_loader(cls, cfg, seed=None):
+    def build_train_loader(cls, cfg, seed=None, start_iter=0, health=None):
         """The resumable training loader of ``nrd_rsp.data`` (deterministic, resumable,
-        skipping bad samples) with the project's training mapper. The trainer passes its
-        ``seed``, then the start iteration and its health through the loader's ``configure``."""
+        skipping bad samples) with the project's training mapper, seeded with ``seed``, starting
+        at iteration ``start_iter`` and counting into ``health``."""
         mapper = build_train_mapper(cfg) or CheckedDatasetMapper(cfg, True)
         signals = list(parse_signals(cfg.PREEMPTION.SIGNALS).values())
-        return build_resumable_train_loader(cfg, mapper, seed=seed, worker_ignores=signals)
+        return build_resumable_train_loader(
+            cfg, mapper, seed=seed, worker_ignores=signals, start_iter=start_iter, health=health
+        )
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
