@@ -38,18 +38,19 @@ def cpu_name():
     return name
 
 
-def package_versions(*names):
-    """``{name: version}``: the module's ``__version__`` where ``name`` imports as a module,
-    else the installed distribution's version (``panopticapi-lite``); "n/a" if neither."""
+def package_versions(*names, **labelled):
+    """``{name: version}`` of ``names``, then ``{label: version}`` of ``labelled`` (label = name,
+    e.g. ``opencv="cv2"``): the module's ``__version__`` where the name imports as a module, else
+    the installed distribution's version (``panopticapi-lite``); "n/a" if neither."""
     out = {}
-    for name in names:
+    for label, name in [(n, n) for n in names] + list(labelled.items()):
         try:
-            out[name] = importlib.import_module(name).__version__
+            out[label] = importlib.import_module(name).__version__
         except (ImportError, AttributeError):
             try:
-                out[name] = version(name)
+                out[label] = version(name)
             except PackageNotFoundError:
-                out[name] = "n/a"
+                out[label] = "n/a"
     return out
 
 

@@ -45,12 +45,14 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import argparse  # noqa: E402
 import glob  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # when loaded by path
+from common import environment, package_versions  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_GLOBS = ("Cityscapes-*", "COCO-Panoptic*", "ADE20K-*", "PascalContext-*")
@@ -260,27 +262,17 @@ def summarize(times, n_images):
 
 
 def _meta(args, configs):
-    import cv2
-    import detectron2
-    import PIL
-    import torch
-
+    env = environment("cpu", "cpu_count", "python")
     return {
         "command": " ".join(["python benchmarks/data_throughput.py", *args.argv]),
         "rounds": args.rounds,
         "warmup_rounds": args.warmup,
         "tiny": args.tiny,
         "threads": 1,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "versions": {
-            "torch": torch.__version__,
-            "detectron2": detectron2.__version__,
-            "pillow": PIL.__version__,
-            "numpy": np.__version__,
-            "opencv": cv2.__version__,
-        },
+        **env,
+        "versions": package_versions(
+            "torch", "detectron2", pillow="PIL", numpy="numpy", opencv="cv2"
+        ),
         "configs": configs,
     }
 

@@ -23,6 +23,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # when loaded by path
+from common import environment  # noqa: E402
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 NRD_CONFIG = "configs/Cityscapes-SemanticSegmentation/nrd_R_50_84k_bs16.yaml"
 
@@ -47,8 +50,7 @@ def preflight(args):
     ) if _has("nvidia-smi") else None  # fmt: skip
     cuda = torch.cuda.is_available()
     info = {
-        "torch": torch.__version__,
-        "cuda_available": cuda,
+        **environment("torch", "cuda_available"),
         "torch_cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
@@ -174,9 +176,8 @@ def train_step(args):
     dev = torch.device(args.device)
     cfg = A.setup(args.config_file, args.opts, device=args.device)
     h, w = args.input_size or A.default_input_size(cfg, "train")
-    res = {"config_file": args.config_file, "device": A.device_description(dev),
-           "torch": torch.__version__, "batch_size": 2, "input_size": [h, w],
-           "opts": args.opts, "rows": {}}  # fmt: skip
+    res = {"config_file": args.config_file, **environment("device", "torch", device=dev),
+           "batch_size": 2, "input_size": [h, w], "opts": args.opts, "rows": {}}  # fmt: skip
     for amp_name in ["off", *args.amp]:
         res["rows"][amp_name] = _measure_step(cfg, dev, amp_name, h, w, args)
         if dev.type == "cuda":

@@ -16,12 +16,14 @@ repeat-then-grouped-conv decoding would hold at once, the per-pixel weights
 """
 
 import argparse
-import datetime
 import json
 import os
 import shlex
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # when loaded by path
+from common import environment  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "Cityscapes-SemanticSegmentation", "nrd_R_50_84k_bs16.yaml")
@@ -63,8 +65,7 @@ def measure(patch_size, size, device_name):
         "per_pixel_weights_mib": num_params * hr * wr * 4 / 2**20,
         "num_dynamic_params": num_params,
         "peak_kind": kind,
-        "device": A.device_description(device),
-        "torch": torch.__version__,
+        **environment("device", "torch", device=device),
     }
 
 
@@ -132,7 +133,7 @@ def main(argv=None):
         rows.append(row)
     meta = {
         "command": "python benchmarks/nrd_memory.py " + shlex.join(argv),
-        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        **environment("date"),
         "size": list(args.size),
         "threads": args.threads,
     }

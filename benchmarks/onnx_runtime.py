@@ -18,11 +18,9 @@ slow PyTorch's OpenMP pool far more than the model's cost). Writes ``onnx_runtim
 """
 
 import argparse
-import datetime
 import importlib.util
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,6 +28,9 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # when loaded by path
+from common import environment, package_versions  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = ["DATASETS.TOY.NUM_TRAIN", "16", "DATASETS.TOY.NUM_VAL", "6"]
@@ -224,14 +225,15 @@ def main(argv=None):
             results.append(measure_row(key, args.rounds, args.warmup, work, args.threads))
             r = results[-1]
             print(f"{key}: eager {r['eager_ms_median']:.1f} ms, onnx {r['onnx_ms_median']:.1f} ms")
+    env = environment("cpu", "cpu_count", "date", "torch")
     meta = {
         "args": " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s)",
+        "machine": f"{env['cpu']}, {env['cpu_count']} CPU(s)",
         "threads": args.threads,
         "rounds": args.rounds,
-        "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__,
-        "onnxruntime": __import__("onnxruntime").__version__,
+        "date": env["date"][:10],
+        "torch": env["torch"],
+        **package_versions("onnxruntime"),
         "note": args.note,
     }
     os.makedirs(args.output_dir, exist_ok=True)

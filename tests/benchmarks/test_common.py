@@ -35,6 +35,7 @@ def test_package_versions_module_then_distribution():
     assert versions["numpy"] == np.__version__
     assert versions["panopticapi-lite"] not in ("", "n/a")  # a distribution, not a module
     assert versions["no_such_package_x"] == "n/a"
+    assert common.package_versions(numpy="numpy", opencv="cv2")["opencv"] not in ("", "n/a")
 
 
 def test_markdown_table_and_fmt():
