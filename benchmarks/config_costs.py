@@ -30,7 +30,6 @@ command line and date) to ``--output-dir`` (default ``benchmarks/results``);
 """
 
 import argparse
-import datetime
 import json
 import logging
 import os
@@ -38,7 +37,9 @@ import shlex
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # when loaded by path
+from common import ROOT, environment  # noqa: E402
+
 CONFIGS_DIR = os.path.join(ROOT, "configs")
 # Config groups, in table order.
 GROUPS = (
@@ -297,12 +298,10 @@ def main(argv=None):
         level=logging.WARNING, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S"
     )
     logger.setLevel(logging.INFO)
-    import detectron2
     import torch
     from tqdm import tqdm
 
     import nrd_rsp  # noqa: F401  (registers heads, meta-architectures, datasets)
-    from nrd_rsp import analysis as A
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -327,12 +326,10 @@ def main(argv=None):
         )
     meta = {
         "command": " ".join(["python benchmarks/config_costs.py"] + [shlex.quote(a) for a in argv]),
-        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        **environment("date"),
         "input_size": list(args.input_size),
         "seed": SEED,
-        "device": A.device_description(torch.device("cpu")),
-        "torch": torch.__version__,
-        "detectron2": detectron2.__version__,
+        **environment("device", "torch", "detectron2", device="cpu"),
         "seconds": time.perf_counter() - start,
     }
     os.makedirs(args.output_dir, exist_ok=True)
