@@ -23,14 +23,13 @@ import json
 import os
 import sys
 import tempfile
-import time
 from collections import OrderedDict
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # when loaded by path
-from common import environment, package_versions  # noqa: E402
+from common import environment, package_versions, run_interleaved  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = ["DATASETS.TOY.NUM_TRAIN", "16", "DATASETS.TOY.NUM_VAL", "6"]
@@ -97,14 +96,9 @@ def _export_tool():
     return mod
 
 
-def _timed(step):
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
-
-
 def measure_row(key, rounds, warmup, workdir, threads):
     """Export row ``key`` to ONNX and time eager against ONNX Runtime; returns its results."""
+    from nrd_rsp.analysis.speed import ratio_stats, timed
     from nrd_rsp.engine import setup_cfg
     from nrd_rsp.export import ExportedModel
 
@@ -125,16 +119,11 @@ def measure_row(key, rounds, warmup, workdir, threads):
         with torch.no_grad():
             return model(inputs)
 
-    steps = {"eager": lambda: eager(), "onnx": lambda: exported(inputs)}
-    times = {"eager": [], "onnx": []}
-    for r in range(-warmup, rounds):
-        order = ["eager", "onnx"] if r % 2 == 0 else ["onnx", "eager"]
-        got = {k: _timed(steps[k]) for k in order}
-        if r >= 0:
-            for k in order:
-                times[k].append(got[k])
-    ratios = np.asarray(times["onnx"]) / np.asarray(times["eager"])
-    q25, med, q75 = np.percentile(ratios, [25, 50, 75])
+    cpu = torch.device("cpu")
+    # Interleaved rounds, the first side alternating: eager then ONNX in even rounds.
+    steps = {"eager": timed(eager, cpu), "onnx": timed(lambda: exported(inputs), cpu)}
+    times = run_interleaved(steps, rounds, warmup)
+    ratio = ratio_stats(times["onnx"], times["eager"])
     detections = len(eager()[0]["instances"]) if kind == "panoptic" else None
     return {
         "key": key,
@@ -146,9 +135,9 @@ def measure_row(key, rounds, warmup, workdir, threads):
         "max_abs_diff_vs_eager": info["max_abs_diff_vs_eager"],
         "eager_ms_median": float(np.median(times["eager"]) * 1e3),
         "onnx_ms_median": float(np.median(times["onnx"]) * 1e3),
-        "ratio_median": float(med),
-        "ratio_q25": float(q25),
-        "ratio_q75": float(q75),
+        "ratio_median": ratio["ratio_median"],
+        "ratio_q25": ratio["ratio_q25"],
+        "ratio_q75": ratio["ratio_q75"],
         "times_s": times,
     }
 
