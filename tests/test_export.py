@@ -16,6 +16,8 @@ from detectron2.modeling import build_model
 
 from nrd_rsp.engine import setup_cfg
 
+pytestmark = pytest.mark.slow
+
 TOL = 1e-3
 CPU_BN = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "BN"]
 NRD_BN = ["MODEL.NRD.NORM", "BN", "MODEL.NRD.INPUT_NORM", "BN", "MODEL.NRD.POOLING_NORM", "BN"]

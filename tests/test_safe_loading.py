@@ -117,6 +117,7 @@ def test_the_payload_runs_with_plain_pickle(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Weights: every path that reads them
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["train", "eval-only", "resume-pkl", "resume-pth"])
 def test_train_net_refuses_weights_that_run_code(tmp_path, how):
     marker, out = tmp_path / "pwned", tmp_path / "out"
@@ -265,6 +266,7 @@ def test_caffe2_style_pkl_is_read_like_detectron2(tmp_path):
     assert list(data["model"]) == ["conv1_w"]
 
 
+@pytest.mark.slow
 def test_eval_only_with_an_entry_detectron2_cannot_load_is_one_line(tmp_path, toy_state):
     """Was ``ValueError: Unsupported type found in checkpoint!`` with a traceback."""
     path = tmp_path / "strange.pkl"

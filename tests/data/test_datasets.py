@@ -237,6 +237,7 @@ def test_check_dataset_available_incomplete_dirs(tmp_path, temp_dataset):
         ("prepare_pascal_context.py", [], os.path.join("VOCdevkit", "VOC2010", "JPEGImages")),
     ],
 )
+@pytest.mark.slow
 def test_prepare_scripts_missing_input(tmp_path, script, args, missing):
     proc = _run([_script(script), "--root", str(tmp_path), *args])
     assert proc.returncode != 0
@@ -298,6 +299,7 @@ def test_prepare_ade20k_converts(tmp_path):
         np.testing.assert_array_equal(out, [[255, 0, 1], [149, 148, 255]])
 
 
+@pytest.mark.slow
 def test_prepare_pascal_context_converts(tmp_path):
     import scipy.io
 

@@ -16,9 +16,12 @@ import torch
 from conftest import ROOT
 from PIL import Image
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Saving I mode images as PNG:DeprecationWarning"  # cityscapesscripts on Pillow 12
-)
+pytestmark = [
+    pytest.mark.slow,  # writes and prepares every stand-in dataset
+    pytest.mark.filterwarnings(
+        "ignore:Saving I mode images as PNG:DeprecationWarning"  # cityscapesscripts on Pillow 12
+    ),
+]
 
 CONFIGS = {
     "cityscapes": "configs/Cityscapes-SemanticSegmentation/semantic_fpn_R_50_90k_bs16.yaml",

@@ -271,6 +271,7 @@ def checkpoints(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_eval_only_with_checkpoint_of_another_architecture(tmp_path, checkpoints):
     r = run(
         [
@@ -298,6 +299,7 @@ def test_eval_only_with_checkpoint_of_another_architecture(tmp_path, checkpoints
     assert "0 of the model's" in lines[-1] and "2 have another shape" in lines[-1]
 
 
+@pytest.mark.slow
 def test_training_from_weights_of_an_unrelated_model(tmp_path, checkpoints):
     r = run(
         [

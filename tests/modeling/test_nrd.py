@@ -457,6 +457,7 @@ def test_pooling_norm_changes_only_the_pooling_conv():
 # Panoptic FPN / RSPPanopticFPN semantic branch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("meta_arch", ["RSPPanopticFPN", "PanopticFPN"])
 def test_panoptic_semantic_branch(meta_arch):
     # Mean over the valid pixels: the FPN pads 112 x 140 to 128 x 160 with ignored pixels.

@@ -104,6 +104,7 @@ def _toy_panoptic(tmp_path, *opts):
     return cfg, model, {"image": image, "height": 96, "width": 128, "file_name": "x.png"}
 
 
+@pytest.mark.slow
 def test_panoptic_tta_with_one_scale_and_no_flip_is_the_plain_prediction(tmp_path):
     cfg, model, inp = _toy_panoptic(
         tmp_path,
@@ -128,6 +129,7 @@ def test_panoptic_tta_with_one_scale_and_no_flip_is_the_plain_prediction(tmp_pat
     assert out["panoptic_seg"][1] == plain["panoptic_seg"][1]
 
 
+@pytest.mark.slow
 def test_panoptic_tta_combines_averaged_semantics_with_plain_instances(tmp_path):
     cfg, model, inp = _toy_panoptic(
         tmp_path,

@@ -27,6 +27,8 @@ CONFIGS = sorted(
     for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
     if not os.path.basename(p).startswith("Base-")
 )
+
+pytestmark = pytest.mark.slow
 # Fewer proposals/detections keep the (random-weight) ROI heads of panoptic configs cheap.
 # MODEL.WEIGHTS "": the NRD configs name a local file (pretrained/resnet*_v1c.pkl, converted by
 # tools/convert-mmcls-v1c-to-d2.py) that a checkout does not have; URL weights are dropped anyway.

@@ -42,6 +42,7 @@ def _main(argv, capsys):
     return rc, captured.out, captured.err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config,task",
     [
@@ -249,6 +250,7 @@ def _gpu_check(tmp_path, *args, configs=""):
     )
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_writes_every_step_and_its_summary(tmp_path):
     configs = [
         "configs/Cityscapes-SemanticSegmentation/semantic_fpn_R_50_90k_bs16.yaml",
@@ -295,6 +297,7 @@ def test_gpu_check_dry_run_writes_every_step_and_its_summary(tmp_path):
     assert f"| `{configs[1]}` | 64x128 |" in md
 
 
+@pytest.mark.slow
 def test_gpu_check_stops_after_the_preflight_without_cuda(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is available")
@@ -354,6 +357,7 @@ def test_bf16_autocast_runs_on_cpu(capsys, tmp_path):
     assert json.loads(out_json.read_text())["amp"] == "bf16"
 
 
+@pytest.mark.slow
 def test_decoders_benchmark_smoke(tmp_path):
     rows = ["dlv3_r101_os8", "dlv3p_r50_os16", "nrd_r50"]
     r = subprocess.run(
@@ -459,6 +463,7 @@ def test_decoders_benchmark_rejects_unknown_rows(tmp_path):
     assert r.returncode == 2 and "unknown rows" in r.stderr
 
 
+@pytest.mark.slow
 def test_onnx_runtime_benchmark_smoke(tmp_path):
     """benchmarks/onnx_runtime.py on the toy panoptic row: the export matches eager, both sides
     are timed, and the ratio's median lies within its interquartile range; the table names it."""
@@ -475,6 +480,7 @@ def test_onnx_runtime_benchmark_smoke(tmp_path):
     assert row["label"] in (tmp_path / "onnx_runtime.md").read_text()
 
 
+@pytest.mark.slow
 def test_nrd_memory_benchmark_smoke(tmp_path):
     """benchmarks/nrd_memory.py on a small input: one fresh process per patch size, logits of
     stride 32 / r, per-pixel weights = P x output pixels (P = 899 for 19 classes, docs/NRD.md)."""
@@ -493,6 +499,7 @@ def test_nrd_memory_benchmark_smoke(tmp_path):
     assert "| 16 | 2 | 1x19x128x256 |" in (tmp_path / "nrd_memory.md").read_text()
 
 
+@pytest.mark.slow
 def test_panoptic_speed_script_smoke(tmp_path):
     """benchmarks/panoptic_speed.sh on a tiny input: both tasks, the RSP model's ratio to Panoptic
     FPN in each JSON, the tables in panoptic_speed.md."""

@@ -89,6 +89,7 @@ def test_rename_key():
         r("features.0.weight")
 
 
+@pytest.mark.slow
 def test_resnet50_cli_fills_rsp_r50_fpn_backbone(tmp_path):
     tv = _random_torchvision_state("resnet50")
     src, dst = tmp_path / "resnet50.pth", tmp_path / "R-50-tv.pkl"

@@ -115,6 +115,7 @@ def test_every_key_maps_and_architecture_is_detected(depth):
     assert converted["__author__"] == "OpenMMLab" and converted["matching_heuristics"] is True
 
 
+@pytest.mark.slow
 def test_cli_fills_the_v1c_nrd_backbone(tmp_path):
     state = random_v1c_state(50, seed=1)
     src, dst = tmp_path / "resnet50_v1c.pth", tmp_path / "out" / "resnet50_v1c.pkl"
@@ -143,6 +144,7 @@ def test_cli_fills_the_v1c_nrd_backbone(tmp_path):
     assert model.backbone.stem.conv1.weight.shape == (32, 3, 3, 3)
 
 
+@pytest.mark.slow
 def test_mmcls_prefix_and_errors(tmp_path):
     state = random_v1c_state(101)
     mmcls = {f"backbone.{k}": v for k, v in state.items() if not k.startswith("fc.")}
