@@ -166,7 +166,7 @@ class ResumableTrainLoader:
     ``health.fatal_error`` (instead of raising, so that all ranks can stop together) once the
     skipped fraction exceeds ``max_skipped_fraction`` after ``min_samples`` samples.
     The stream starts where its sampler starts, with the seed it was built with
-    (:func:`build_resumable_train_loader`); :meth:`configure` moves it.
+    (:func:`build_resumable_train_loader`).
     """
 
     def __init__(
@@ -203,22 +203,6 @@ class ResumableTrainLoader:
     def fatal_error(self) -> Optional[str]:
         """``health.fatal_error`` (read-only)."""
         return self.health.fatal_error
-
-    def configure(
-        self, *, start_iter: int, seed: int, health: Optional[TrainingHealth] = None
-    ) -> None:
-        """Restart the stream at iteration ``start_iter`` (position ``start_iter * batch``, or
-        batch ``start_iter`` of a grouped sampler) with ``seed``. Takes effect at the next
-        ``iter()``. ``health``: the record to count into from now on; None keeps the current
-        one."""
-        if isinstance(self.sampler, GroupedResumableSampler):
-            self.sampler.start_iter = int(start_iter)
-        else:
-            self.sampler.start_position = int(start_iter) * self.batch_size_total
-        self.sampler.seed = int(seed)
-        self.dataset.seed = int(seed)
-        if health is not None:
-            self.health = health
 
     def _record(self, sample: dict) -> dict:
         skipped = sample.pop(SKIPPED_KEY, ())
