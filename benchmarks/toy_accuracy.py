@@ -49,6 +49,7 @@ ROWS = {
     ),
     "rsp": ("RSP", "configs/Toy/rsp_R_18_toy.yaml", "semantic"),
     "nrd": ("NRD", "configs/Toy/nrd_R_18_toy.yaml", "semantic"),
+    "nrd_bn": ("NRD, BN head", "configs/Toy/nrd_R_18_toy.yaml", "semantic"),
     "panoptic_fpn": ("Panoptic FPN (D2)", "configs/Toy/panoptic_fpn_R_18_toy.yaml", "panoptic"),
     "rsp_panoptic_fpn": (
         "RSP Panoptic FPN",
@@ -62,6 +63,11 @@ ROWS = {
     ),
 }
 SEMANTIC_ROWS = [k for k, (_, _, kind) in ROWS.items() if kind == "semantic"]
+# Options of a row on top of its config: the toy NRD head uses GroupNorm and the toy DeepLabV3+
+# head BatchNorm, so "NRD - DeepLabV3+" also compares norms; "nrd_bn" is NRD with DeepLabV3+'s
+# norm. (A GN DeepLabV3+ is not possible: GroupNorm(32) does not divide its 48 projection
+# channels.)
+ROW_OPTS = {"nrd_bn": ["MODEL.NRD.NORM", "BN"]}
 
 # setting -> (description, rows, config overrides)
 SETTINGS = {
@@ -87,6 +93,7 @@ COMPARISONS = [
     ("rsp", "semantic_fpn"),
     ("nrd", "semantic_fpn"),
     ("nrd", "deeplabv3plus"),
+    ("nrd_bn", "deeplabv3plus"),  # like with like: BN heads
     ("rsp", "deeplabv3plus"),
     ("rsp_panoptic_fpn", "panoptic_fpn"),
     ("nrd_rsp_panoptic_fpn", "panoptic_fpn"),
@@ -137,6 +144,7 @@ def run_one(config_file, opts, output_dir, kind):
     out["IoU-pole"] = res["sem_seg"]["IoU-pole"]
     if kind == "panoptic":
         out.update({k: res["panoptic_seg"][k] for k in ("PQ", "PQ_th", "PQ_st")})
+        out.update(AP_box=res["bbox"]["AP"], AP_mask=res["segm"]["AP"])  # not tabled
     return out
 
 
@@ -176,8 +184,9 @@ def _job(job):
     while the run's key (config, options, code) is the same."""
     setting, row, seed, opts, work_dir, command = job
     _, config, kind = ROWS[row]
-    opts = [*opts, "SEED", str(seed)]
-    key = run_key(config, opts, code_hash())
+    opts = [*opts, *ROW_OPTS.get(row, []), "SEED", str(seed)]
+    code = code_hash()
+    key = run_key(config, opts, code)
     cache = os.path.join(work_dir, CACHE_NAME)
     if os.path.exists(cache):
         with open(cache) as f:
@@ -191,7 +200,8 @@ def _job(job):
         log.setLevel(logging.INFO)
         log.propagate = False
     metrics = run_one(config, opts, work_dir, kind)
-    metrics.update(key=key, threads=_threads(), command=command)
+    metrics.update(key=key, threads=_threads(), command=command, code=code[:12])
+    metrics["date"] = datetime.date.today().isoformat()
     with open(cache + ".tmp", "w") as f:
         json.dump(metrics, f)
     os.replace(cache + ".tmp", cache)
@@ -330,6 +340,7 @@ def render_markdown(report):
         "metrics of the setting, **significant** at a family-wise 5%. Toy data only: these "
         "numbers say nothing about Cityscapes or COCO.",
         "",
+        *_provenance_lines(report),
         "## Summary: primary metric, difference [95% CI]",
         "",
         *summary_lines(report),
@@ -338,6 +349,23 @@ def render_markdown(report):
     for setting, models in report["models"].items():
         lines += _setting_tables(setting, models, report["comparisons"].get(setting, {}))
     return "\n".join(lines)
+
+
+def _provenance_lines(report):
+    """Which code ran each row: its runs' ``code`` (the first 12 hex digits of
+    :func:`code_hash`), or the report they were merged from when they predate that record."""
+    prev = report["settings"].get("merged_from")
+    lines = ["Code of each row's runs (`code`: the first 12 hex digits of `code_hash()`):", ""]
+    for setting, rows in report["runs"].items():
+        for row, seeds in rows.items():
+            codes = sorted({r.get("code", "") for r in seeds.values()})
+            text = ", ".join(f"`{c}`" if c else "not recorded" for c in codes)
+            if "" in codes:  # runs from before the code was recorded
+                src = prev or report["settings"]
+                text += f" (runs of `{src['command'].strip()}`, {src['date']}"
+                text += ", kept by `--merge`)" if prev else ")"
+            lines.append(f"- `{setting}` {ROWS[row][0]}: {text}")
+    return [*lines, ""]
 
 
 def _setting_tables(setting, models, comparisons):
@@ -392,6 +420,22 @@ def _meta(args, argv):
     }
 
 
+def _merge(args, runs):
+    """``runs`` completed by the (setting, row)s of ``<output dir>/toy_accuracy.json`` that were
+    not run now, with that report's settings (without its own ``merged_from``)."""
+    from nrd_rsp.errors import ConfigError
+
+    with open(os.path.join(args.output_dir, "toy_accuracy.json")) as f:
+        old = json.load(f)
+    if old["settings"]["seeds"] != args.seeds:
+        raise ConfigError(f"--merge: the existing report has seeds {old['settings']['seeds']}")
+    merged = {setting: dict(rows) for setting, rows in old["runs"].items()}
+    for setting, rows in runs.items():
+        merged.setdefault(setting, {}).update(rows)
+    old["settings"].pop("merged_from", None)
+    return merged, old["settings"]
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -404,6 +448,11 @@ def parse_args(argv):
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--output-dir", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--work-dir", default=os.path.join(ROOT, "output", "toy_accuracy"))
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows not run now from the existing toy_accuracy.json (same seeds)",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     return p.parse_args(argv)
 
@@ -423,8 +472,11 @@ def main(argv=None):
         opts = [*MODES[args.mode], "MODEL.DEVICE", args.device, "TEST.NUM_VIS_IMAGES", "0"]
         opts += args.opts
         runs = run_all(args, opts)
+        meta = _meta(args, argv)
+        if args.merge:
+            runs, meta["merged_from"] = _merge(args, runs)
         models, comparisons = summarize_runs(runs, args.seeds)
-        report = {"settings": _meta(args, argv), "runs": runs, "models": models}
+        report = {"settings": meta, "runs": runs, "models": models}
         report["comparisons"] = comparisons
         os.makedirs(args.output_dir, exist_ok=True)
         with open(os.path.join(args.output_dir, "toy_accuracy.json"), "w") as f:
