@@ -32,12 +32,13 @@ import json
 import logging
 import multiprocessing
 import os
-import platform
 import shlex
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # when loaded by path
+from common import environment  # noqa: E402
 
 # key -> (label, config, kind)
 ROWS = {
@@ -405,15 +406,16 @@ def _setting_tables(setting, models, comparisons):
 def _meta(args, argv):
     import torch
 
-    device = "cpu: " + (platform.processor() or platform.machine())
+    env = environment("cpu", "date", "torch")
+    device = "cpu: " + env["cpu"]
     if args.device == "cuda" and torch.cuda.is_available():
         device = "cuda: " + torch.cuda.get_device_name(0)
     return {
         "command": "python benchmarks/toy_accuracy.py " + shlex.join(argv),
-        "date": datetime.date.today().isoformat(),
+        "date": env["date"][:10],
         "mode": args.mode,
         "device": device,
-        "torch": torch.__version__,
+        "torch": env["torch"],
         "threads_per_job": 1,
         "jobs": args.jobs,
         "seeds": args.seeds,
