@@ -354,19 +354,23 @@ def render_markdown(report):
 
 def _provenance_lines(report):
     """Which code ran each row: its runs' ``code`` (the first 12 hex digits of
-    :func:`code_hash`), or the report they were merged from when they predate that record."""
-    prev = report["settings"].get("merged_from")
+    :func:`code_hash`), or, for runs from before that record, the report they come from (their
+    ``source``, set by ``--merge``, else ``merged_from``, else the report itself)."""
     lines = ["Code of each row's runs (`code`: the first 12 hex digits of `code_hash()`):", ""]
     for setting, rows in report["runs"].items():
         for row, seeds in rows.items():
-            codes = sorted({r.get("code", "") for r in seeds.values()})
-            text = ", ".join(f"`{c}`" if c else "not recorded" for c in codes)
-            if "" in codes:  # runs from before the code was recorded
-                src = prev or report["settings"]
-                text += f" (runs of `{src['command'].strip()}`, {src['date']}"
-                text += ", kept by `--merge`)" if prev else ")"
-            lines.append(f"- `{setting}` {ROWS[row][0]}: {text}")
+            found = sorted({_run_source(r, report["settings"]) for r in seeds.values()})
+            lines.append(f"- `{setting}` {ROWS[row][0]}: {', '.join(found)}")
     return [*lines, ""]
+
+
+def _run_source(run, settings):
+    if "code" in run:
+        return f"`{run['code']}`"
+    src, kept = run.get("source") or settings.get("merged_from"), ", kept by `--merge`"
+    if not src:
+        src, kept = settings, ""
+    return f"not recorded (runs of `{src['command'].strip()}`, {src['date']}{kept})"
 
 
 def _setting_tables(setting, models, comparisons):
@@ -424,17 +428,22 @@ def _meta(args, argv):
 
 def _merge(args, runs):
     """``runs`` completed by the (setting, row)s of ``<output dir>/toy_accuracy.json`` that were
-    not run now, with that report's settings (without its own ``merged_from``)."""
+    not run now, with that report's settings (without its own ``merged_from``); each kept run
+    without a recorded ``code`` gets the ``source`` (command, date) of the report it came from."""
     from nrd_rsp.errors import ConfigError
 
     with open(os.path.join(args.output_dir, "toy_accuracy.json")) as f:
         old = json.load(f)
     if old["settings"]["seeds"] != args.seeds:
         raise ConfigError(f"--merge: the existing report has seeds {old['settings']['seeds']}")
+    prev = old["settings"].pop("merged_from", None) or old["settings"]
+    source = {k: prev[k] for k in ("command", "date")}
     merged = {setting: dict(rows) for setting, rows in old["runs"].items()}
+    for run in (r for rows in merged.values() for seeds in rows.values() for r in seeds.values()):
+        if "code" not in run:  # kept runs from before the code was recorded: say where from
+            run.setdefault("source", source)
     for setting, rows in runs.items():
         merged.setdefault(setting, {}).update(rows)
-    old["settings"].pop("merged_from", None)
     return merged, old["settings"]
 
 

@@ -62,5 +62,12 @@ def test_merge_keeps_the_rows_not_rerun_and_tells_their_code(tmp_path):
     assert kept == [
         "- `default` RSP: not recorded (runs of `python old.py`, 2026-01-02, kept by `--merge`)"
     ]
+    # a second merge (NRD rerun again) still names the first report as RSP's source
+    with open(tmp_path / "toy_accuracy.json", "w") as f:
+        json.dump({"settings": {**meta, "seeds": seeds}, "runs": runs}, f)
+    runs2, prev2 = toy_accuracy._merge(args, {"default": _fake_runs(["nrd"], seeds, 70.0, "d")})
+    meta2 = {"command": "python third.py", "date": "2026-01-04", "merged_from": prev2}
+    lines = toy_accuracy._provenance_lines({"settings": meta2, "runs": runs2})
+    assert "- `default` NRD: `d`" in lines and kept[0] in lines
     with pytest.raises(ConfigError, match="seeds"):
         toy_accuracy._merge(argparse.Namespace(output_dir=str(tmp_path), seeds=[0, 1, 2]), new)
