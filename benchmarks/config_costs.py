@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""FLOPs and parameters of every shipped real-dataset config: the README "Configs" table.
+"""FLOPs and parameters of every shipped real-dataset config: MODEL_ZOO.md's cost columns.
 
     python benchmarks/config_costs.py                       # all configs, 1024x2048
     python benchmarks/config_costs.py \\
@@ -24,9 +24,9 @@ counted on one synthetic inference input of ``--input-size`` (default 1024x2048;
 Panoptic totals depend on the number of RPN proposals and detections of the instance branch,
 hence on the random weights (fixed by the seed) and the image; both are reported.
 
-Writes ``config_costs.json`` (every count) and ``config_costs.md`` (the README table, with the
-command line and date) to ``--output-dir`` (default ``benchmarks/results``);
-``tests/benchmarks/test_config_costs.py`` checks that README's table equals the JSON.
+Writes ``config_costs.json`` (every count) and ``config_costs.md`` (the table, with the command
+line and date) to ``--output-dir`` (default ``benchmarks/results``);
+``tests/benchmarks/test_config_costs.py`` checks that MODEL_ZOO.md's rows equal the JSON.
 """
 
 import argparse
@@ -96,7 +96,7 @@ def list_configs():
 
 
 def model_label(cfg):
-    """The README "Model" column, from the config: family, then what sets it apart."""
+    """The table's "Model" column, from the config: family, then what sets it apart."""
     meta = cfg.MODEL.META_ARCHITECTURE
     head = cfg.MODEL.SEM_SEG_HEAD.NAME
     if meta == "PanopticFPN":
