@@ -313,6 +313,9 @@ def summary_lines(report):
             metric = PRIMARY_METRIC[ROWS[a][2]]
             d = per_metric[metric]
             verdict = "significant" if d["significant"] else "not significant"
+            runs = report["runs"][setting]
+            if _codes(runs[a], report["settings"]) != _codes(runs[b], report["settings"]):
+                verdict += " (the two rows ran different code: see the code lines)"
             lines.append(
                 f"- `{setting}`: {ROWS[a][0]} − {ROWS[b][0]}, {metric} "
                 f"{_diff(d).replace(' **significant**', '')}, {verdict}"
@@ -362,6 +365,10 @@ def _provenance_lines(report):
             found = sorted({_run_source(r, report["settings"]) for r in seeds.values()})
             lines.append(f"- `{setting}` {ROWS[row][0]}: {', '.join(found)}")
     return [*lines, ""]
+
+
+def _codes(seeds, settings):
+    return {_run_source(r, settings) for r in seeds.values()}
 
 
 def _run_source(run, settings):

@@ -71,3 +71,21 @@ def test_merge_keeps_the_rows_not_rerun_and_tells_their_code(tmp_path):
     assert "- `default` NRD: `d`" in lines and kept[0] in lines
     with pytest.raises(ConfigError, match="seeds"):
         toy_accuracy._merge(argparse.Namespace(output_dir=str(tmp_path), seeds=[0, 1, 2]), new)
+
+
+def test_summary_flags_a_comparison_of_rows_run_by_different_code():
+    def row(values, code=None):
+        runs = {str(s): {"mIoU": v, "IoU-pole": v, "BF": v} for s, v in enumerate(values)}
+        for r in runs.values():
+            r.update({"code": code} if code else {})
+        return runs
+
+    meta = {"command": "python new.py", "date": "2026-01-03", "seeds": [0, 1, 2]}
+    for other_code, flagged in (("abc", False), (None, True)):
+        runs = {"default": {"nrd": row([50, 52, 53], "abc"), "semantic_fpn": row([49, 50, 50])}}
+        runs["default"]["semantic_fpn"] = row([49, 50, 50], other_code)
+        _, comparisons = toy_accuracy.summarize_runs(runs, [0, 1, 2])
+        report = {"settings": meta, "runs": runs, "comparisons": comparisons}
+        (line,) = toy_accuracy.summary_lines(report)
+        assert line.startswith("- `default`: NRD − Semantic FPN (D2), mIoU +2.0")
+        assert ("ran different code" in line) == flagged, line
