@@ -101,7 +101,11 @@ LISTED = {
             "1–3 px thin poles",
             "seed 42",
         ],
-        "what a metric of 0 means": ["PQ things is 0"],
+        "what a metric of 0 means": ["PQ things > 0"],
+        "the toy schedule (configs/Toy/Base-Toy-Panoptic-FPN.yaml)": [
+            "200 iterations of batch 4",
+            "in 200 iterations",
+        ],
         "the license (LICENSE)": ["Apache 2.0 license"],
     },
     "INSTALL.md": {

@@ -69,12 +69,11 @@ def _g(flops, digits=2):
 
 
 def quotes_readme():
-    q = _json("quickstart_eval_results.json")
-    pq = q["panoptic_seg"]
-    yield (
-        f"reached PQ {pq['PQ']:.1f} (things {pq['PQ_th']:.1f}, stuff {pq['PQ_st']:.1f}), "
-        f"mIoU {q['sem_seg']['mIoU']:.1f} and mask AP {q['segm']['AP']:.1f}"
-    )
+    acc = _json("toy_accuracy.json")
+    m, n = acc["models"]["default"]["rsp_panoptic_fpn"], len(acc["settings"]["seeds"])
+    pm = {k: f"{m[k]['mean']:.1f} ± {m[k]['std']:.1f}" for k in ("PQ", "PQ_th", "PQ_st", "mIoU")}
+    yield f"over the {n} training seeds of"
+    yield f"reaches PQ {pm['PQ']} (things {pm['PQ_th']}, stuff {pm['PQ_st']}) and mIoU {pm['mIoU']}"
 
 
 def quotes_getting_started():
