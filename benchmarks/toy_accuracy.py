@@ -39,81 +39,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # when loaded by path
 from common import environment  # noqa: E402
-
-# key -> (label, config, kind)
-ROWS = {
-    "semantic_fpn": ("Semantic FPN (D2)", "configs/Toy/semantic_fpn_R_18_toy.yaml", "semantic"),
-    "deeplabv3plus": (
-        "DeepLabV3+ (D2 projects.deeplab)",
-        "configs/Toy/deeplabv3plus_R_18_toy.yaml",
-        "semantic",
-    ),
-    "rsp": ("RSP", "configs/Toy/rsp_R_18_toy.yaml", "semantic"),
-    "nrd": ("NRD", "configs/Toy/nrd_R_18_toy.yaml", "semantic"),
-    "nrd_bn": ("NRD, BN head", "configs/Toy/nrd_R_18_toy.yaml", "semantic"),
-    "panoptic_fpn": ("Panoptic FPN (D2)", "configs/Toy/panoptic_fpn_R_18_toy.yaml", "panoptic"),
-    "rsp_panoptic_fpn": (
-        "RSP Panoptic FPN",
-        "configs/Toy/rsp_panoptic_fpn_R_18_toy.yaml",
-        "panoptic",
-    ),
-    "nrd_rsp_panoptic_fpn": (
-        "NRD+RSP Panoptic FPN",
-        "configs/Toy/nrd_rsp_panoptic_fpn_R_18_toy.yaml",
-        "panoptic",
-    ),
-}
-SEMANTIC_ROWS = [k for k, (_, _, kind) in ROWS.items() if kind == "semantic"]
-# Options of a row on top of its config: the toy NRD head uses GroupNorm and the toy DeepLabV3+
-# head BatchNorm, so "NRD - DeepLabV3+" also compares norms; "nrd_bn" is NRD with DeepLabV3+'s
-# norm. (A GN DeepLabV3+ is not possible: GroupNorm(32) does not divide its 48 projection
-# channels.)
-ROW_OPTS = {"nrd_bn": ["MODEL.NRD.NORM", "BN"]}
-
-# setting -> (description, rows, config overrides)
-SETTINGS = {
-    "default": ("toy data of the toy configs: 128x160, poles 1-3 px", list(ROWS), []),
-    "highres": (
-        "256x512, every thin structure 1 px, road painted like wall (context-defined); "
-        "trained on 128x256 crops, tested on whole images",
-        SEMANTIC_ROWS,
-        [
-            "DATASETS.TOY.IMAGE_SIZE", "(256, 512)",
-            "DATASETS.TOY.MAX_POLE_WIDTH", "1",
-            "DATASETS.TOY.CONTEXT_STUFF", "True",
-            "INPUT.RESIZE_BASE_SIZE", "(256, 512)",
-            "INPUT.CROP.SIZE", "(128, 256)",  # DeepLabV3+'s ASPP pool (4x8) divides 256x512's res5
-            "INPUT.MIN_SIZE_TEST", "256",
-            "INPUT.MAX_SIZE_TEST", "512",
-        ],
-    ),
-}  # fmt: skip
-
-# (a, b): "a - b" is reported, in both settings where both rows run.
-COMPARISONS = [
-    ("rsp", "semantic_fpn"),
-    ("nrd", "semantic_fpn"),
-    ("nrd", "deeplabv3plus"),
-    ("nrd_bn", "deeplabv3plus"),  # like with like: BN heads
-    ("rsp", "deeplabv3plus"),
-    ("rsp_panoptic_fpn", "panoptic_fpn"),
-    ("nrd_rsp_panoptic_fpn", "panoptic_fpn"),
-    ("nrd_rsp_panoptic_fpn", "rsp_panoptic_fpn"),
-]
-METRICS = {
-    "semantic": ["mIoU", "IoU-pole", "BF"],
-    "panoptic": ["PQ", "PQ_th", "PQ_st", "mIoU", "IoU-pole", "BF"],
-}
-METRIC_LABELS = {"IoU-pole": "thin IoU", "BF": "boundary F", "PQ_th": "PQ th", "PQ_st": "PQ st"}
-
-# Short: the toy configs' own schedule (CPU). Full: 10x the iterations on 4x the data (GPU).
-MODES = {
-    "short": [],
-    "full": [
-        "SOLVER.MAX_ITER", "3000", "SOLVER.WARMUP_ITERS", "200",
-        "DATASETS.TOY.NUM_TRAIN", "800", "DATASETS.TOY.NUM_VAL", "100",
-    ],
-}  # fmt: skip
+from toy_accuracy_report import (  # noqa: E402, F401  (summary_lines: read by the tests)
+    _provenance_lines,
+    render_markdown,
+    summary_lines,
+)
+from toy_accuracy_rows import COMPARISONS, METRICS, MODES, ROW_OPTS, ROWS, SETTINGS  # noqa: E402
 
 
 def run_one(config_file, opts, output_dir, kind):
@@ -154,7 +85,13 @@ def run_one(config_file, opts, output_dir, kind):
 CACHE_NAME = "toy_accuracy_run.json"
 
 
-CODE_PATHS = ("projects/nrd_rsp", "configs", "benchmarks/toy_accuracy.py", "train_net.py")
+CODE_PATHS = (
+    "projects/nrd_rsp",
+    "configs",
+    "benchmarks/toy_accuracy.py",
+    "benchmarks/toy_accuracy_rows.py",
+    "train_net.py",
+)
 
 
 def code_hash():
@@ -277,141 +214,6 @@ def summarize_runs(runs, seeds):
         for i, d in enumerate(family):  # Holm over every comparison and metric of the setting
             d["p_holm"], d["significant_holm"] = adjusted[i]
     return models, comparisons
-
-
-def _pm(s):
-    if s["mean"] is None:
-        return "n/a"
-    return f"{s['mean']:.1f} ± {s['std']:.1f}" if s["std"] is not None else f"{s['mean']:.1f}"
-
-
-def _holm(d):
-    if d.get("p_holm") is None:
-        return "n/a"
-    return f"{d['p_holm']:.3f}" + (" **significant**" if d["significant_holm"] else "")
-
-
-def _diff(d):
-    if d["mean"] is None:
-        return "n/a"
-    if d["ci_low"] is None:
-        return f"{d['mean']:+.1f}"
-    mark = " **significant**" if d["significant"] else ""
-    return f"{d['mean']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]{mark}"
-
-
-PRIMARY_METRIC = {"semantic": "mIoU", "panoptic": "PQ"}
-
-
-def summary_lines(report):
-    """One line per comparison and setting on its primary metric (mIoU or PQ): the lines the
-    README quotes (``tests/test_quoted_numbers.py`` compares them)."""
-    lines = []
-    for setting, comparisons in report["comparisons"].items():
-        for name, per_metric in comparisons.items():
-            a, b = name.split(" - ")
-            metric = PRIMARY_METRIC[ROWS[a][2]]
-            d = per_metric[metric]
-            verdict = "significant" if d["significant"] else "not significant"
-            runs = report["runs"][setting]
-            if _codes(runs[a], report["settings"]) != _codes(runs[b], report["settings"]):
-                verdict += " (the two rows ran different code: see the code lines)"
-            lines.append(
-                f"- `{setting}`: {ROWS[a][0]} − {ROWS[b][0]}, {metric} "
-                f"{_diff(d).replace(' **significant**', '')}, {verdict}"
-            )
-    return lines
-
-
-def render_markdown(report):
-    """``toy_accuracy.md`` from the JSON report alone (``tests/test_quoted_numbers.py`` renders
-    it again and compares)."""
-    meta = report["settings"]
-    lines = [
-        "# Toy accuracy: decoders side by side, over seeds",
-        "",
-        f"Generated by `{meta['command'].strip()}` on {meta['date']} "
-        f"({meta['device']}, torch {meta['torch']}, {meta['threads_per_job']} thread per job, "
-        f"{meta['jobs']} jobs); every number below is in `toy_accuracy.json`.",
-        "",
-        f"Seeds {', '.join(str(s) for s in meta['seeds'])} (the training seed, `SEED`: "
-        "initialisation, data order, augmentation; the data are the same for every seed). "
-        "All models train from scratch (no ImageNet weights offline) with the same ResNet-18, "
-        "data and schedule as their toy configs. Cells: mean ± sample std over the seeds. "
-        "Comparisons: mean paired difference (same seeds) with its 95% t-interval; "
-        "**significant** when the interval excludes 0 (per comparison, uncorrected). Beside "
-        "it, the paired t-test's p-value adjusted by Holm-Bonferroni over all comparisons and "
-        "metrics of the setting, **significant** at a family-wise 5%. Toy data only: these "
-        "numbers say nothing about Cityscapes or COCO.",
-        "",
-        *_provenance_lines(report),
-        "## Summary: primary metric, difference [95% CI]",
-        "",
-        *summary_lines(report),
-        "",
-    ]
-    for setting, models in report["models"].items():
-        lines += _setting_tables(setting, models, report["comparisons"].get(setting, {}))
-    return "\n".join(lines)
-
-
-def _provenance_lines(report):
-    """Which code ran each row: its runs' ``code`` (the first 12 hex digits of
-    :func:`code_hash`), or, for runs from before that record, the report they come from (their
-    ``source``, set by ``--merge``, else ``merged_from``, else the report itself)."""
-    lines = ["Code of each row's runs (`code`: the first 12 hex digits of `code_hash()`):", ""]
-    for setting, rows in report["runs"].items():
-        for row, seeds in rows.items():
-            found = sorted({_run_source(r, report["settings"]) for r in seeds.values()})
-            lines.append(f"- `{setting}` {ROWS[row][0]}: {', '.join(found)}")
-    return [*lines, ""]
-
-
-def _codes(seeds, settings):
-    return {_run_source(r, settings) for r in seeds.values()}
-
-
-def _run_source(run, settings):
-    if "code" in run:
-        return f"`{run['code']}`"
-    src, kept = run.get("source") or settings.get("merged_from"), ", kept by `--merge`"
-    if not src:
-        src, kept = settings, ""
-    return f"not recorded (runs of `{src['command'].strip()}`, {src['date']}{kept})"
-
-
-def _setting_tables(setting, models, comparisons):
-    lines = [f"## Setting `{setting}`: {SETTINGS[setting][0]}", ""]
-    for kind in ("semantic", "panoptic"):
-        rows = [r for r in models if ROWS[r][2] == kind]
-        if not rows:
-            continue
-        metrics = METRICS[kind]
-        lines += [
-            "| model | config | " + " | ".join(METRIC_LABELS.get(m, m) for m in metrics) + " |",
-            "|---|---|" + "---|" * len(metrics),
-        ]
-        lines += [
-            f"| {ROWS[r][0]} | `{ROWS[r][1]}` | "
-            + " | ".join(_pm(models[r][m]) for m in metrics)
-            + " |"
-            for r in rows
-        ]
-        lines.append("")
-    if comparisons:
-        lines += [
-            "| comparison | metric | difference [95% CI] | Holm-adjusted p |",
-            "|---|---|---|---|",
-        ]
-        for name, per_metric in comparisons.items():
-            a, b = name.split(" - ")
-            label = f"{ROWS[a][0]} − {ROWS[b][0]}"
-            lines += [
-                f"| {label} | {METRIC_LABELS.get(m, m)} | {_diff(d)} | {_holm(d)} |"
-                for m, d in per_metric.items()
-            ]
-        lines.append("")
-    return lines
 
 
 def _meta(args, argv):
