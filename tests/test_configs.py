@@ -36,10 +36,6 @@ ALLOWED = {
         "configs/COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml",
         "DATALOADER.ASPECT_RATIO_GROUPING",
     ): ("stated against the semantic bases' False: batches of one orientation, as Detectron2"),
-    ("configs/Toy/Base-Toy-Panoptic-FPN.yaml", "*"): (
-        "left as it is while another item of issue #21 changes its training recipe; to clean "
-        "next (this entry then fails test_allowed_patterns_are_used once unneeded)"
-    ),
 }
 
 
