@@ -133,6 +133,9 @@ def test_panoptic_tta_with_one_scale_and_no_flip_is_the_plain_prediction(tmp_pat
 def test_panoptic_tta_combines_averaged_semantics_with_plain_instances(tmp_path):
     cfg, model, inp = _toy_panoptic(
         tmp_path,
+        # A few instances of the random model, so that stuff regions remain beside them.
+        "TEST.DETECTIONS_PER_IMAGE",
+        "4",
         "TEST.AUG.MIN_SIZES",
         "(64, 96, 128)",
         "TEST.AUG.MAX_SIZE",
@@ -141,6 +144,9 @@ def test_panoptic_tta_combines_averaged_semantics_with_plain_instances(tmp_path)
         "True",
     )
     with torch.no_grad():
+        # The random semantic head would call most pixels "things" (class 0); disfavour it, so
+        # that the averaged argmax has stuff regions for the combination to keep.
+        model.sem_seg_head.predictor.bias[0] -= 10.0
         plain = model([dict(inp)])[0]
         out = build_tta_model(cfg, model)([dict(inp)])[0]
     torch.testing.assert_close(out["instances"].scores, plain["instances"].scores)
