@@ -359,6 +359,10 @@ RENDERED = {
     "benchmarks/results/toy_accuracy.md": lambda: (
         _benchmark("toy_accuracy").render_markdown(_json("toy_accuracy.json")) + "\n"
     ),
+    "benchmarks/results/panoptic_speed.md": lambda: _benchmark("speed_summary").render(RESULTS),
+    "benchmarks/results/rsp_profile.md": lambda: _benchmark("rsp_profile").render(
+        _json("rsp_profile.json")
+    ),
 }
 
 

@@ -93,6 +93,12 @@ def parse_args(argv=None):
         "--iters", type=int, default=20, help="timed rounds (one step of every config each)"
     )
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up rounds")
+    p.add_argument(
+        "--count-flops",
+        action="store_true",
+        help="before the rounds, count the FLOPs of one step of each config (torch's "
+        "FlopCounterMode: matmuls and convolutions, their gradients included in training)",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     p.add_argument(
         "opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE", help="config overrides"
@@ -161,6 +167,8 @@ class Variant:
 
         self.optimizer = optimizer if args.task == "train" else None
         self.step = MeasuredStep(step, device)
+        self.plain_step = step  # untimed (the FLOP count)
+        self.flops = None
 
     def tensors_mib(self):
         """Memory of the model's parameters and buffers and of the optimizer's state (MiB)."""
@@ -194,6 +202,9 @@ def run_all(args):
         "interleaved"
     )
     with EventStorage(0):  # training losses log to Detectron2's event storage
+        if args.count_flops:  # one more step each, before the warm-up rounds
+            for v in variants:
+                v.flops = A.step_flops(v.plain_step)
         times = interleaved_rounds(
             {k: v.step for k, v in zip(keys, variants)}, rounds=args.iters, warmup=args.warmup
         )
@@ -229,6 +240,8 @@ def run_all(args):
             "tensors_memory_mib": v.tensors_mib(),
             "own_memory_mib": v.tensors_mib() + max(v.step.rises[-args.iters :]),
         }
+        if v.flops is not None:
+            res["flops_per_step"] = v.flops
         if len(variants) > 1:
             res["baseline_config_file"] = configs[0]
             res.update(

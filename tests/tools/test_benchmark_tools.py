@@ -497,21 +497,3 @@ def test_nrd_memory_benchmark_smoke(tmp_path):
         assert row["per_pixel_weights_mib"] == pytest.approx(899 * pixels * 4 / 2**20)
         assert row["peak_increase_mib"] > 0
     assert "| 16 | 2 | 1x19x128x256 |" in (tmp_path / "nrd_memory.md").read_text()
-
-
-@pytest.mark.slow
-def test_panoptic_speed_script_smoke(tmp_path):
-    """benchmarks/panoptic_speed.sh on a tiny input: both tasks, the RSP model's ratio to Panoptic
-    FPN in each JSON, the tables in panoptic_speed.md."""
-    env = dict(os.environ, ITERS="1", SIZE="128 192", PYTHON=sys.executable)
-    r = subprocess.run(
-        ["bash", os.path.join(ROOT, "benchmarks", "panoptic_speed.sh"), str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    for task in ("inference", "train"):
-        base, rsp = json.loads((tmp_path / f"panoptic_speed_{task}.json").read_text())["results"]
-        assert base["config_file"].endswith("panoptic_fpn_R_50_1x.yaml")
-        assert rsp["config_file"].endswith("rsp_panoptic_fpn_R_50_1x.yaml")
-        assert rsp["latency_ratio_median_vs_baseline"] > 0
-    assert (tmp_path / "panoptic_speed.md").read_text().count("latency_ratio_vs_baseline") == 4

@@ -41,6 +41,7 @@ from .cost import (
     inference_parameter_count,
     module_counts,
     project_module_names,
+    step_flops,
     unsupported_ops_by_module,
 )
 from .model import (
@@ -87,6 +88,7 @@ __all__ = [
     "resolve_device",
     "semantic_path",
     "setup",
+    "step_flops",
     "synchronize",
     "synthetic_image",
     "synthetic_inference_inputs",

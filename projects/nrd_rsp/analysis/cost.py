@@ -2,9 +2,12 @@
 docstring of :mod:`nrd_rsp.analysis`)."""
 
 from collections import Counter
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..modeling.window_attention import plain_ops
 
 __all__ = [
     "COMPONENTS",
@@ -16,6 +19,7 @@ __all__ = [
     "inference_parameter_count",
     "module_counts",
     "project_module_names",
+    "step_flops",
     "unsupported_ops_by_module",
 ]
 
@@ -202,3 +206,14 @@ def inference_parameter_count(model: nn.Module, analysis) -> Tuple[Dict[str, int
             key = ".".join(parts[:i])
             counts[key] = counts.get(key, 0) + p.numel()
     return counts, unused
+
+
+def step_flops(step: Callable[[], None]) -> int:
+    """FLOPs of one call of ``step`` (an inference or a whole training step: forward, backward
+    and optimizer), counted by torch's ``FlopCounterMode`` on the operators actually run:
+    matmuls and convolutions and their gradients, 2 FLOPs per multiply-add (fvcore counts 1).
+    The RSE and RSP run their plain ops (the arithmetic of docs/RSP.md, Eq. 1-4), so the count
+    is the model's arithmetic, not that of the fused kernels' block layout."""
+    with plain_ops(), FlopCounterMode(display=False) as counter:
+        step()
+    return int(counter.get_total_flops())

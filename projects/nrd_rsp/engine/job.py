@@ -25,7 +25,7 @@ from .launch import (
     launcher_env,
     resolve_dist_url,
 )
-from .preemption import catch_signals, forward_signals
+from .preemption import catch_signals, forward_signals, release_signals
 
 __all__ = ["prepare_launch", "run_job"]
 
@@ -101,7 +101,10 @@ def run_job(main_func: Callable, args, env: Optional[LaunchEnv], signals: Sequen
     world_size = args.num_gpus * args.num_machines
     if world_size == 1:
         catch_signals(signals)
-        main_func(args)
+        try:
+            main_func(args)
+        finally:  # eval-only runs have no training hook to give the handlers back
+            release_signals()
         return 0
     forward_signals(_child_pids, signals)
     try:

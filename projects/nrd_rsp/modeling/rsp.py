@@ -23,6 +23,8 @@ from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 from torch import nn
 from torch.nn import functional as F
 
+from .window_attention import fused_ops_enabled, project_add, window_attention
+
 __all__ = ["RSE", "RSP", "RSPHead", "RSPSemSegHead", "check_rsp_stages_used"]
 
 
@@ -61,10 +63,11 @@ class RSE(nn.Module):
     by the window index and the parity of ``p``, so ``b`` is a table of ``G x 4 x k*k``
     learned scalars (``rel_pos_bias[h, 2 * (py % 2) + (px % 2), i * k + j]``).
 
-    Vectorised over pixels: the 4 fine pixels of a 2 x 2 block share one coarse window, so keys
-    and values are gathered once per coarse pixel ([N*G*h'*w', d, k*k]) and each block's 4
-    queries attend to them with one batched matmul. Cost O(HW k^2 d); no k^2 x C tensor at the
-    fine resolution.
+    Plain ops (the reference; what tracing and export see): the 4 fine pixels of a 2 x 2 block
+    share one coarse window, so keys and values are gathered once per coarse pixel
+    ([N*G*h'*w', k*k, d]) and each block's 4 queries attend to them with one batched matmul.
+    Cost O(HW k^2 d); no k^2 x C tensor at the fine resolution. In eager mode on CPU the same
+    values come from :func:`.window_attention.window_attention` (fused, hand-written backward).
     """
 
     def __init__(
@@ -123,9 +126,15 @@ class RSE(nn.Module):
                 f"RSE: fine map {height}x{width} is more than twice the coarse map {hc}x{wc}"
             )
         g, d, kk = self.num_heads, self.head_dim, self.window_size**2
+        wq = self.query.weight * (d**-0.5)  # = query(fine) / sqrt(d), one pass
+        if not return_weights and fused_ops_enabled(fine.device):  # same values, faster backward
+            wk, wv = self.key.weight.flatten(1), self.value.weight.flatten(1)
+            bias = self.rel_pos_bias
+            return window_attention(fine, coarse, wq.flatten(1), wk, wv, bias, g, self.window_size)
 
-        # Queries of each 2x2 block: [N*G*h'*w', 4, d]. Pad the fine map to 2h' x 2w'.
-        q = F.conv2d(fine, self.query.weight * (d**-0.5))  # = query(fine) / sqrt(d), one pass
+        # Plain ops (tracing, export; the reference). Queries of each 2x2 block:
+        # [N*G*h'*w', 4, d]. Pad the fine map to 2h' x 2w'.
+        q = F.conv2d(fine, wq)
         q = torch.constant_pad_nd(q, (0, 2 * wc - width, 0, 2 * hc - height))
         q = q.reshape(n, g, d, hc, 2, wc, 2).permute(0, 1, 3, 5, 4, 6, 2).reshape(-1, 4, d)
 
@@ -140,8 +149,11 @@ class RSE(nn.Module):
         inside = _windows(ones, self.window_size, dim=-1)
         inside = inside.view(hc * wc, 1, kk)
 
-        # The softmax runs in float32 under autocast (AMP): q.k in float16/bfloat16, then float.
-        logits = torch.bmm(q, keys.transpose(1, 2)).float().view(n, g, hc * wc, 4, kk)
+        # The softmax runs in float32 under autocast (AMP): q.k in float16/bfloat16, then float
+        # (float64 stays float64).
+        logits = torch.bmm(q, keys.transpose(1, 2))
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        logits = logits.view(n, g, hc * wc, 4, kk)
         logits = logits + self.rel_pos_bias.view(1, g, 1, 4, kk)
         logits = logits.masked_fill(inside == 0, float("-inf"))  # the centre is always inside
         # Softmax over the k*k window, spelled out: ATen's softmax is several times slower on
@@ -190,15 +202,24 @@ class RSP(nn.Module):
             padding=1,
             bias=not norm,
             norm=get_norm(norm, fine_channels),
-            activation=F.relu,
+            activation=F.relu_,  # in place: no norm saves its output for backward
         )
         weight_init.c2_xavier_fill(self.proj)
         weight_init.c2_msra_fill(self.fuse)
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         """fine: [N, C_f, H, W], coarse: [N, C_c, h', w'] -> [N, C_f, H, W]."""
-        out = self.fuse(fine + self.proj(self.rse(fine, coarse)))
-        return fine + out if self.identity_skip else out
+        c = self.rse(fine, coarse)
+        if not fused_ops_enabled(fine.device):
+            out = self.fuse(fine + self.proj(c))
+            return fine + out if self.identity_skip else out
+        # The same sums with fewer full-size temporaries: F + W_o c in one matmul-add (its
+        # gradient of c in the RSE's layout) and, without autograd, the skip in place.
+        out = self.fuse(project_add(fine, c, self.proj.weight.flatten(1)))
+        if not self.identity_skip:
+            return out
+        grad = torch.is_grad_enabled() and (out.requires_grad or fine.requires_grad)
+        return fine + out if grad or out.dtype != fine.dtype else out.add_(fine)
 
 
 class RSPHead(nn.Module):
