@@ -4,7 +4,7 @@
 #   panoptic: RSP Panoptic FPN R-50 / Panoptic FPN R-50 at each of SIZES (640x960 and 800x1216);
 #   semantic: RSP R-50 / Semantic FPN R-50 (Cityscapes configs) at each of SEM_SIZES (512x1024).
 #
-#   benchmarks/panoptic_speed.sh                 # results in benchmarks/results/ (about 2 hours)
+#   benchmarks/panoptic_speed.sh                 # results in benchmarks/results/ (about 20 minutes)
 #   PAIRS=semantic TASKS=train benchmarks/panoptic_speed.sh   # one part again (others kept)
 #   ITERS=1 SIZES="128x192" SEM_SIZES="64x128" benchmarks/panoptic_speed.sh /tmp/out   # smoke run
 #

@@ -304,7 +304,7 @@ LISTED = {
             "2 jobs;",
             "about 4 minutes",
             "under 8 minutes",
-            "about 40 minutes on",
+            "about 20 minutes on",
             "about 30 minutes)",
         ],
         "settings of the scripts (their defaults and options)": [
