@@ -15,7 +15,7 @@ def test_panoptic_speed_script_smoke(tmp_path):
     """benchmarks/panoptic_speed.sh on tiny inputs: both pairs and tasks, each JSON's models in
     order and its per-round ratios, the summary table of panoptic_speed.md (training step beside
     inference, the FLOPs ratios of results/config_costs.json) and the printed tables."""
-    env = dict(os.environ, ITERS="2", SIZES="128x192", SEM_SIZES="64x128", PYTHON=sys.executable)
+    env = dict(os.environ, ITERS="1", SIZES="128x192", SEM_SIZES="64x128", PYTHON=sys.executable)
     r = subprocess.run(
         ["bash", os.path.join(ROOT, "benchmarks", "panoptic_speed.sh"), str(tmp_path)],
         capture_output=True, text=True, env=env, timeout=900,
@@ -31,7 +31,7 @@ def test_panoptic_speed_script_smoke(tmp_path):
             path = tmp_path / f"{pair}_speed_{task}_{size}.json"
             ratios, base, rsp = summary.round_ratios(str(path))
             assert base["config_file"].endswith(base_cfg) and "rsp" in rsp["config_file"]
-            assert len(ratios) == 2 and all(x > 0 for x in ratios)
+            assert len(ratios) == 1 and ratios[0] > 0
             assert rsp["flops_per_step"] > 0 and base["flops_per_step"] > 0
             if pair == "semantic":  # the same model plus the RSP head (the panoptic ROI heads'
                 # arithmetic depends on the random proposals)
@@ -71,7 +71,7 @@ def test_rsp_profile_smoke(tmp_path):
     again from its JSON alone."""
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "rsp_profile.py"), "--tiny"]
     r = subprocess.run(
-        [*cmd, "--repeats", "1", "--output-dir", str(tmp_path)],
+        [*cmd, "--repeats", "1", "--warmup", "0", "--output-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
