@@ -50,6 +50,7 @@ import argparse  # noqa: E402
 import collections  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -274,15 +275,9 @@ class _Model:
         )
 
 
-def _median(values):
-    values = sorted(values)
-    m = len(values) // 2
-    return values[m] if len(values) % 2 else (values[m - 1] + values[m]) / 2
-
-
 def _median_dict(dicts, top=None):
     keys = set().union(*dicts)
-    med = {k: _median([d.get(k, 0.0) for d in dicts]) for k in keys}
+    med = {k: statistics.median([d.get(k, 0.0) for d in dicts]) for k in keys}
     if top is None:
         return med
     return [[k, round(v, 2)] for k, v in sorted(med.items(), key=lambda kv: -kv[1])[:top]]
@@ -292,9 +287,9 @@ def summarize(runs, top):
     """Medians over the repeats: wall times, per group, per operator."""
     out = {
         "repeats": len(runs),
-        "step_ms": _median([r["step_ms"] for r in runs]),
+        "step_ms": statistics.median([r["step_ms"] for r in runs]),
         "step_ms_runs": [r["step_ms"] for r in runs],
-        "profiled_step_ms": _median([r["profiled_step_ms"] for r in runs]),
+        "profiled_step_ms": statistics.median([r["profiled_step_ms"] for r in runs]),
         "forward_ms": _median_dict([r["forward_ms"] for r in runs]),
         "backward_ms": _median_dict([r["backward_ms"] for r in runs]),
         "top_ops_self_ms": {

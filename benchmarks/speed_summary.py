@@ -20,6 +20,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, markdown_table  # noqa: E402
 
+from nrd_rsp.analysis import speed  # noqa: E402
+
 PAIRS = {  # name: (title, baseline config, RSP config) as in config_costs.json
     "panoptic": (
         "RSP Panoptic FPN R-50 / Panoptic FPN R-50",
@@ -35,19 +37,11 @@ PAIRS = {  # name: (title, baseline config, RSP config) as in config_costs.json
 NAME = re.compile(r"(panoptic|semantic)_speed_(train|inference)_(\d+)x(\d+)\.json$")
 
 
-def _quantile(values, q):
-    values = sorted(values)
-    pos = (len(values) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
-
-
 def round_ratios(path):
     """(per-round RSP / baseline latency ratios, the RSP result) of one benchmark JSON."""
     with open(path) as f:
         base, rsp = json.load(f)["results"]
-    ratios = [r / b for r, b in zip(rsp["latency_ms_rounds"], base["latency_ms_rounds"])]
+    ratios = speed.round_ratios(rsp["latency_ms_rounds"], base["latency_ms_rounds"])
     return ratios, base, rsp
 
 
@@ -74,10 +68,8 @@ def _step_flops_cell(run):
 
 
 def _cell(ratios):
-    return (
-        f"{_quantile(ratios, 0.5):.3f} ({_quantile(ratios, 0.25):.3f}-"
-        f"{_quantile(ratios, 0.75):.3f}; {min(ratios):.3f}-{max(ratios):.3f})"
-    )
+    q25, median, q75 = speed.quartiles(ratios)
+    return f"{median:.3f} ({q25:.3f}-{q75:.3f}; {min(ratios):.3f}-{max(ratios):.3f})"
 
 
 def render(out_dir):
