@@ -59,8 +59,24 @@ def _selects_cuda_tests(config):
     return "cuda" in expr and "not cuda" not in expr
 
 
+# Run first: the learning check trains three toy models two at a time (both cores) for about
+# 5 minutes; started last, it would leave the other pytest worker idle meanwhile.
+_FIRST = ("tests/e2e/test_toy_learning.py",)
+
+
+def _run_order(item):
+    """Sort key: the files of ``_FIRST``, then the slow tests, then the rest (collection order
+    within each). With ``--dist loadfile --no-loadscope-reorder`` (``make test``) pytest-xdist
+    hands out the files in this order, so the long runs overlap each other rather than finish
+    alone."""
+    path = item.nodeid.split("::")[0]
+    return (path not in _FIRST, "slow" not in item.keywords)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Skip the cuda-marked tests, saying why, unless ``-m cuda`` selected them on a GPU."""
+    """Order the tests (:func:`_run_order`); skip the cuda-marked tests, saying why, unless
+    ``-m cuda`` selected them on a GPU."""
+    items.sort(key=_run_order)
     cuda_items = [item for item in items if "cuda" in item.keywords]
     if not cuda_items:
         return

@@ -238,22 +238,23 @@ def test_check_dataset_available_incomplete_dirs(tmp_path, temp_dataset):
     ],
 )
 @pytest.mark.slow
-def test_prepare_scripts_missing_input(tmp_path, script, args, missing):
+def test_prepare_scripts_missing_input(tmp_path, script, args, missing, monkeypatch, capsys):
     proc = _run([_script(script), "--root", str(tmp_path), *args])
     assert proc.returncode != 0
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith(f"ERROR: {script}:") and str(tmp_path / missing) in proc.stderr
-    # defaults come from $DETECTRON2_DATASETS
-    proc = _run([_script(script)], env={"DETECTRON2_DATASETS": str(tmp_path)})
-    assert proc.returncode != 0 and str(tmp_path / missing) in proc.stderr
-    # bad arguments
-    proc = _run([_script(script), "--no-such-flag"])
-    assert (
-        proc.returncode == 2
-        and proc.stderr.count("\n") == 1
-        and "unrecognized arguments" in proc.stderr
-    )
+    # In-process (the same main() as the command line): defaults come from $DETECTRON2_DATASETS,
+    # and bad arguments are one line with exit status 2.
+    main = load_script(os.path.join("datasets", script)).main
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code != 0 and str(tmp_path / missing) in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["--no-such-flag"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "unrecognized arguments" in err
 
 
 def test_prepare_panoptic_fpn_converts_coco_tree(tmp_path):

@@ -1,4 +1,4 @@
-"""Preemption of a 2-process CPU/Gloo run with a real SIGTERM at about iteration 20 of 60: the
+"""Preemption of a 2-process CPU/Gloo run with a real SIGTERM at about iteration 12 of 40: the
 checkpoint of that iteration is written, the exit status is 75 with one line, and ``--resume``
 reproduces the uninterrupted run's per-iteration losses (``DATALOADER.NUM_WORKERS`` 0 and 2).
 The checkpoint also resumes on 1 process; the global batches after a resume on another process
@@ -34,7 +34,7 @@ from nrd_rsp.engine.preemption import PREEMPTED_EXIT_STATUS, forward_signals
 
 pytestmark = pytest.mark.slow
 
-MAX_ITER, SIGNAL_AT, EVAL_AT = 60, 20, 30
+MAX_ITER, SIGNAL_AT, EVAL_AT = 40, 12, 20
 
 
 def _opts(out, workers):
