@@ -62,6 +62,24 @@ def test_speed_summary_ratios_are_per_round(tmp_path):
     md = (tmp_path / "panoptic_speed.md").read_text()
     assert "| 1.150 (1.075-1.225; 1.000-1.300) | 4 | 1.260 |" in md
     assert md == summary.render(str(tmp_path))
+    assert "Every run" not in md  # one run of each part
+
+
+def test_speed_summary_lists_every_run_against_its_flops_ratio(tmp_path):
+    """Several runs of a part (``RUNS``): each run's median ratio beside its step's FLOPs ratio,
+    and how many are at or below it; the main table keeps the first run."""
+    summary = load_script("benchmarks/speed_summary.py")
+    base = {"config_file": "b.yaml", "latency_ms_rounds": [100.0] * 3, "flops_per_step": 1000}
+    for run, rsp_ms in ((1, [110.0, 112.0, 115.0]), (2, [116.0, 120.0, 118.0]), (3, [114.0] * 3)):
+        rsp = {"config_file": "r.yaml", "latency_ms_rounds": rsp_ms, "flops_per_step": 1140}
+        name = "semantic_speed_inference_64x128" + (f"_run{run}" if run > 1 else "")
+        (tmp_path / f"{name}.json").write_text(json.dumps({"results": [base, rsp]}))
+        (tmp_path / f"{name}.txt").write_text(f"table of run {run}")
+    md = summary.render(str(tmp_path))
+    assert "2 of 3 at or below the FLOPs ratio of their step" in md  # 1.12 and 1.14, not 1.18
+    assert "| semantic | 64x128 | inference | 2 | 1.180 (1.170-1.190; 1.160-1.200) | 1.140 |" in md
+    assert "| 1.120 (1.110-1.135; 1.100-1.150) | 3 | 1.140 |" in md  # the table: run 1
+    assert md.index("## semantic, inference, 64x128, run 3") > md.index("table of run 2")
 
 
 @pytest.mark.slow
