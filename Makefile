@@ -33,7 +33,7 @@ setup: $(STAMP)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): setup.cfg pyproject.toml | $(PY)
+$(STAMP): setup.cfg setup.py pyproject.toml projects/nrd_rsp/modeling/csrc/window_attention.c | $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check "pip>=23" "setuptools<80" wheel
 	$(PY) -m pip install --disable-pip-version-check "setuptools<80" -e ".[$(EXTRAS)]"
 	@$(PY) -c "import detectron2, detectron2.projects.deeplab" 2>/dev/null || { \

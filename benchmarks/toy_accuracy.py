@@ -102,7 +102,7 @@ def code_hash():
         path = os.path.join(ROOT, top)
         files = [path] if os.path.isfile(path) else [
             os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
-            if f.endswith((".py", ".yaml")) and "__pycache__" not in d
+            if f.endswith((".py", ".yaml", ".c")) and "__pycache__" not in d
         ]  # fmt: skip
         for f in sorted(files):
             h.update(os.path.relpath(f, ROOT).encode() + b"\0")

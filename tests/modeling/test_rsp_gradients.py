@@ -2,11 +2,13 @@
 explicit float64 reference, gradcheck, the plain ops, autocast and the export path."""
 
 import math
+import shutil
 
 import pytest
 import torch
 from torch.nn import functional as F
 
+from nrd_rsp.modeling import window_attention as wa_module
 from nrd_rsp.modeling.rsp import RSE, RSP
 from nrd_rsp.modeling.window_attention import (
     fused_ops_enabled,
@@ -204,6 +206,34 @@ def test_fused_ops_follow_autocast_like_the_plain_ops(dtype, inputs_dtype):
     for name, g in grads.items():
         assert g.dtype == torch.float32 and g.abs().sum() > 0, name
         assert rel(g, g_ref[name]) <= 1.5 * rel(g_plain[name], g_ref[name]) + 1e-3, name
+
+
+def test_the_kernel_is_built_where_there_is_a_compiler():
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler: the package installs without its kernel")
+    assert wa_module.kernel_available(), "reinstall: pip install -e . (setup.py builds it)"
+
+
+@pytest.mark.parametrize("fine_hw, coarse_hw, heads, window, batch", GEOMETRIES)
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "blocks"])
+def test_rse_without_autograd_matches_the_reference_in_float32(
+    fine_hw, coarse_hw, heads, window, batch, kernel, monkeypatch
+):
+    """Float32 inference: the compiled kernel (where built) and the blocks of the fused ops."""
+    if kernel and not wa_module.kernel_available():
+        pytest.skip("the package was installed without its kernel")
+    if not kernel:
+        monkeypatch.setattr(wa_module, "_kernel", None)
+    calls = []
+    if kernel:
+        real = wa_module._kernel
+        monkeypatch.setattr(wa_module, "_kernel", lambda *a: calls.append(1) or real(*a))
+    rse, fine, coarse = _rse_setting(fine_hw, coarse_hw, heads, window, batch)
+    ref, _ = reference_rse(fine, coarse, *_rse_args(rse), heads, window)
+    with torch.no_grad():
+        out = rse.float()(fine.float(), coarse.float())
+    assert out.dtype == torch.float32 and len(calls) == int(kernel)
+    torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])

@@ -19,6 +19,9 @@ eager training and inference on CPU:
   Output ``[N, C, H, W]`` with channels-last strides.
 * :func:`project_add`: ``F + W_o c`` (Eq. 4) as one matmul-add per image; its backward gives
   the gradient of ``c`` in ``c``'s layout.
+* Without autograd, in float32 and where the package was built with its C kernel
+  (``csrc/window_attention.c``, :func:`kernel_available`): the attention of every fine pixel and
+  head in one pass (its k*k logits, their softmax and the weighted sum), without blocks.
 
 Numerics: the same operations in another order (float rounding apart, the results are the plain
 ops'). Under autocast the matmuls run in the autocast dtype and the softmax in float32, as in the
@@ -38,7 +41,12 @@ from typing import Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["fused_ops_enabled", "plain_ops", "project_add", "window_attention"]
+try:  # the compiled kernel (setup.py; absent where the package was installed without a compiler)
+    from .._window_attention import window_attention as _kernel
+except ImportError:
+    _kernel = None
+
+__all__ = ["fused_ops_enabled", "kernel_available", "plain_ops", "project_add", "window_attention"]
 
 _BLOCK = 8  # coarse pixels per block (T), at least k - 1
 # Smallest arguments whose exp() is a normal number (float32: exp(-87.3), float64: exp(-708.4)).
@@ -334,6 +342,23 @@ class _WindowAttention(torch.autograd.Function):
         return gfine, gcoarse, gwq, gwkv, gbias if need[4] else None, None, None, None
 
 
+def kernel_available() -> bool:
+    """Whether the compiled kernel (``csrc/window_attention.c``) was built at installation: the
+    RSE without autograd then runs its attention there in float32 on CPU."""
+    return _kernel is not None
+
+
+def _kernel_forward(fine, coarse, wq, wkv, bias, num_heads: int, window: int) -> torch.Tensor:
+    """``c`` [N, C, H, W] (channels-last strides) from the compiled kernel: queries and keys/values
+    by one matmul per image, then the window attention in one pass, into the queries' memory."""
+    n, _, h, w = fine.shape
+    c = wq.shape[0]
+    q, kv, bias = _conv1x1(fine, wq), _conv1x1(coarse, wkv), bias.contiguous()
+    sizes = (n, h, w, *coarse.shape[-2:], num_heads, c // num_heads, window)
+    _kernel(q.data_ptr(), kv.data_ptr(), bias.data_ptr(), q.data_ptr(), *sizes)
+    return q.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
 def window_attention(fine, coarse, wq, wk, wv, bias, num_heads: int, window: int):
     """``c = RSE(fine, coarse)`` (docs/RSP.md, Eq. 1-3), fused forward and backward.
 
@@ -349,6 +374,9 @@ def window_attention(fine, coarse, wq, wk, wv, bias, num_heads: int, window: int
     tensors = (fine, coarse, wq, wkv, bias)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     dtype = _autocast_dtype(fine.device)
+    if dtype is None and not grad and _kernel is not None:
+        if all(t.dtype == torch.float32 for t in tensors):
+            return _kernel_forward(*tensors, g, window)
     if dtype is None:
         return _WindowAttention.apply(*tensors, g, window, grad)
     fine, coarse, wq, wkv = (t.to(dtype) for t in (fine, coarse, wq, wkv))
