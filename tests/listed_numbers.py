@@ -305,7 +305,7 @@ LISTED = {
             "about 4 minutes",
             "under 8 minutes",
             "about 20 minutes on",
-            "about 30 minutes)",
+            "about 10 minutes)",
         ],
         "settings of the scripts (their defaults and options)": [
             "over 5 seeds",
