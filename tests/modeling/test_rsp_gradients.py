@@ -230,8 +230,13 @@ def test_rse_without_autograd_matches_the_reference_in_float32(
         monkeypatch.setattr(wa_module, "_kernel", lambda *a: calls.append(1) or real(*a))
     rse, fine, coarse = _rse_setting(fine_hw, coarse_hw, heads, window, batch)
     ref, _ = reference_rse(fine, coarse, *_rse_args(rse), heads, window)
-    with torch.no_grad():
-        out = rse.float()(fine.float(), coarse.float())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the kernel is used with one intra-op thread
+    try:
+        with torch.no_grad():
+            out = rse.float()(fine.float(), coarse.float())
+    finally:
+        torch.set_num_threads(threads)
     assert out.dtype == torch.float32 and len(calls) == int(kernel)
     torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=1e-5)
 

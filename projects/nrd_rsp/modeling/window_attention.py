@@ -344,7 +344,8 @@ class _WindowAttention(torch.autograd.Function):
 
 def kernel_available() -> bool:
     """Whether the compiled kernel (``csrc/window_attention.c``) was built at installation: the
-    RSE without autograd then runs its attention there in float32 on CPU."""
+    RSE without autograd then runs its attention there in float32 on CPU, with one intra-op
+    thread (``torch.get_num_threads() == 1``; the kernel itself is single-threaded)."""
     return _kernel is not None
 
 
@@ -374,7 +375,8 @@ def window_attention(fine, coarse, wq, wk, wv, bias, num_heads: int, window: int
     tensors = (fine, coarse, wq, wkv, bias)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     dtype = _autocast_dtype(fine.device)
-    if dtype is None and not grad and _kernel is not None:
+    # The kernel runs on one thread: with more intra-op threads the blocks' matmuls share them.
+    if dtype is None and not grad and _kernel is not None and torch.get_num_threads() == 1:
         if all(t.dtype == torch.float32 for t in tensors):
             return _kernel_forward(*tensors, g, window)
     if dtype is None:
